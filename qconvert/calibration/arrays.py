@@ -1,0 +1,72 @@
+"""Readers for numpy files: one batched .npz, a folder of per-sample .npz, a folder of .npy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qconvert.calibration.base import Sample
+from qconvert.errors import DataError
+from qconvert.model import TensorSpec
+
+
+def _load_npz(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", hint="expected a .npz written by numpy.savez") from exc
+
+
+def _split_batch(name: str, array: np.ndarray, specs: dict[str, TensorSpec]) -> Iterator[np.ndarray]:
+    """Split along axis 0. Arrays with the model input's rank keep a batch axis of 1; arrays
+    one rank higher are stacks of unbatched samples."""
+    spec = specs.get(name)
+    keep_axis = spec is None or spec.dims is None or array.ndim == len(spec.dims)
+    for i in range(array.shape[0]):
+        yield array[i : i + 1] if keep_axis else array[i]
+
+
+def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -> Iterator[Sample]:
+    """One .npz, one array per input name, samples stacked along axis 0."""
+    with _load_npz(path) as npz:
+        keys = [k for k in npz.files if k not in ignore]
+        if not keys:
+            raise DataError(f"{path} holds no arrays", hint="save one array per model input name")
+        arrays = {k: npz[k] for k in keys}
+    lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise DataError(f"{path}: arrays must share a non-empty axis 0 (sample count)",
+                        details=tuple(f"{k}: {n} samples" for k, n in lengths.items()))
+    by_name = {s.name: s for s in specs}
+    splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}
+    for _ in range(next(iter(lengths.values()))):
+        yield {k: next(it) for k, it in splits.items()}
+
+
+def npz_folder(folder: Path, ignore: tuple[str, ...]) -> Iterator[Sample]:
+    """A folder with one sample per .npz file, in name order."""
+    for path in sorted(folder.glob("*.npz")):
+        with _load_npz(path) as npz:
+            yield {k: npz[k] for k in npz.files if k not in ignore}
+
+
+def npy_folder(folder: Path, specs: list[TensorSpec]) -> Iterator[Sample]:
+    """A folder of `<input name>.npy` files, samples along axis 0, memory-mapped so only the
+    current sample is read."""
+    files = {p.stem: p for p in folder.glob("*.npy")}
+    arrays: dict[str, np.ndarray] = {}
+    for name, path in sorted(files.items()):
+        try:
+            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DataError(f"cannot read {path}: {exc}", hint="expected a .npy written by numpy.save") from exc
+    lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise DataError(f"{folder}: .npy arrays must share a non-empty axis 0 (sample count)",
+                        details=tuple(f"{k}.npy: {n} samples" for k, n in lengths.items()))
+    by_name = {s.name: s for s in specs}
+    splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}
+    for _ in range(next(iter(lengths.values()))):
+        yield {k: np.ascontiguousarray(next(it)) for k, it in splits.items()}

@@ -1,0 +1,99 @@
+"""The calibration-data contract: a re-iterable stream of `{input name: array}` samples,
+checked against the model's inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from qconvert.errors import DataError
+from qconvert.model import TensorSpec
+
+Sample = dict[str, np.ndarray]
+SampleFactory = Callable[[], Iterator[Mapping[str, object]]]
+
+
+def sample_mismatches(sample: Mapping[str, object], specs: list[TensorSpec], *,
+                      ignore: tuple[str, ...] = ()) -> list[str]:
+    """Every way one sample disagrees with the model's inputs (names, dtypes, rank, static dims)."""
+    problems: list[str] = []
+    names = {s.name for s in specs}
+    for key in sorted(set(sample) - names - set(ignore)):
+        problems.append(f"unexpected input {key!r} (model inputs: {', '.join(sorted(names))})")
+    for spec in specs:
+        if spec.name not in sample:
+            problems.append(f"missing input {spec.name!r}")
+            continue
+        value = sample[spec.name]
+        if not isinstance(value, np.ndarray):
+            problems.append(f"{spec.name!r}: expected a numpy array, got {type(value).__name__}")
+            continue
+        if value.dtype != spec.dtype:
+            problems.append(f"{spec.name!r}: dtype {value.dtype}, model expects {spec.dtype}")
+        if spec.dims is None:
+            continue
+        if value.ndim != len(spec.dims):
+            problems.append(f"{spec.name!r}: rank {value.ndim} (shape {list(value.shape)}), "
+                            f"model expects rank {len(spec.dims)} {list(spec.dims)}")
+            continue
+        for axis, (got, want) in enumerate(zip(value.shape, spec.dims, strict=True)):
+            if isinstance(want, int) and want > 0 and got != want:
+                problems.append(f"{spec.name!r}: dim {axis} is {got}, model expects {want} "
+                                f"(shape {list(value.shape)} vs {list(spec.dims)})")
+    return problems
+
+
+def check_finite(sample: Mapping[str, np.ndarray], index: int) -> None:
+    for name, value in sample.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise DataError(f"sample {index}, input {name!r}: {bad} NaN/Inf value(s)",
+                            hint="calibration data must be finite; clean or drop that sample")
+
+
+@dataclass
+class CalibrationData:
+    """Streamed samples from one source, capped at `max_samples`, each checked before use.
+
+    Iterating twice re-reads the source: nothing is held in memory beyond one sample.
+    """
+
+    kind: str
+    description: str
+    specs: list[TensorSpec]
+    factory: SampleFactory
+    max_samples: int | None = None
+    synthetic: bool = False
+    ignore_keys: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Read the first sample and raise one error listing every mismatch with the model."""
+        first = next(iter(self), None)
+        if first is None:
+            raise DataError(f"no samples in {self.description}", hint="point --calib at non-empty data")
+
+    def __iter__(self) -> Iterator[Sample]:
+        count = 0
+        for raw in self.factory():
+            if self.max_samples is not None and count >= self.max_samples:
+                return
+            problems = sample_mismatches(raw, self.specs, ignore=self.ignore_keys)
+            if problems:
+                raise DataError(
+                    f"{self.description}: sample {count} does not match the model's inputs",
+                    hint="fix the data or pass --shape / the right input names",
+                    details=tuple(problems),
+                )
+            sample = {s.name: raw[s.name] for s in self.specs}
+            check_finite(sample, count)  # type: ignore[arg-type]
+            yield sample  # type: ignore[misc]
+            count += 1
+
+    def count(self) -> int:
+        return sum(1 for _ in self)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "source": self.description, "synthetic": self.synthetic,
+                "max_samples": self.max_samples}

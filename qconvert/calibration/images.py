@@ -1,0 +1,70 @@
+"""Reader for a folder of images (jpg/png), resized and normalised like the model expects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qconvert.calibration.base import Sample
+from qconvert.config import DataConfig, Layout
+from qconvert.errors import DataError, MissingDependencyError, UsageError
+from qconvert.model import TensorSpec
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _layout_and_size(spec: TensorSpec, config: DataConfig) -> tuple[Layout, int, tuple[int, int]]:
+    """Work out layout, channels and (height, width) from the options, else from the model."""
+    dims = spec.dims
+    if dims is None or len(dims) != 4:
+        raise UsageError(f"input {spec.name!r} is not a 4-D image tensor (shape {dims})",
+                         hint="image folders calibrate models with one NCHW or NHWC image input")
+    layout = config.layout
+    if layout is None:
+        layout = Layout.NHWC if dims[3] in (1, 3) and dims[1] not in (1, 3) else Layout.NCHW
+    c, h, w = (dims[1], dims[2], dims[3]) if layout is Layout.NCHW else (dims[3], dims[1], dims[2])
+    channels = c if isinstance(c, int) and c > 0 else 3
+    if config.image_size is not None:
+        size = config.image_size
+    elif isinstance(h, int) and h > 0 and isinstance(w, int) and w > 0:
+        size = (h, w)
+    else:
+        raise UsageError(f"input {spec.name!r} has dynamic height/width {list(dims)}",
+                         hint="pass --image-size H,W")
+    return layout, channels, size
+
+
+def image_folder(folder: Path, specs: list[TensorSpec], config: DataConfig) -> Iterator[Sample]:
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise MissingDependencyError("reading image folders needs Pillow",
+                                     hint="pip install 'qconvert[images]'") from exc
+    if len(specs) != 1:
+        raise UsageError(f"image folders feed models with one input; this model has {len(specs)}",
+                         hint="use .npz data or a plugin for multi-input models")
+    spec = specs[0]
+    layout, channels, (height, width) = _layout_and_size(spec, config)
+    mean = np.asarray(config.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(config.std, np.float32).reshape(-1, 1, 1)
+    for n, values in (("--mean", mean), ("--std", std)):
+        if values.shape[0] not in (1, channels):
+            raise UsageError(f"{n} has {values.shape[0]} values for {channels} channels",
+                             hint=f"give 1 or {channels} comma-separated values")
+    for path in image_files(folder):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(img, np.float32) / 255.0
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}", hint="remove or re-save that file") from exc
+        chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+        chw = (chw - mean) / std
+        array = chw if layout is Layout.NCHW else chw.transpose(1, 2, 0)
+        yield {spec.name: np.ascontiguousarray(array[None], dtype=spec.dtype)}

@@ -1,0 +1,1 @@
+"""The `qconvert` command line: parses flags, builds configs, calls the library, renders results."""

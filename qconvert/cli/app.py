@@ -1,0 +1,95 @@
+"""The Typer application and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from qconvert.errors import ExitCode, QconvertError
+
+app = typer.Typer(
+    name="qconvert",
+    help="Quantize FP32 ONNX models for CPUs and NPUs, and prove what it cost.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+) -> None:
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        try:  # onnxruntime's C++ warnings would drown our own messages
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(3)
+        except ImportError:
+            pass
+
+
+def _debug_enabled() -> bool:
+    ctx = typer.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return bool(obj and obj.get("debug"))
+
+
+def command(name: str) -> Callable[[F], F]:
+    """Register a command whose exceptions map to exit codes here and nowhere else."""
+    from qconvert.cli import render
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            as_json = bool(kwargs.get("as_json"))
+            try:
+                return func(*args, **kwargs)
+            except QconvertError as exc:
+                if _debug_enabled():
+                    logging.getLogger("qconvert").exception("error")
+                render.error(exc, as_json=as_json)
+                raise typer.Exit(int(exc.exit_code)) from None
+            except KeyboardInterrupt:
+                render.interrupted()
+                raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+            except (typer.Exit, typer.Abort):
+                raise
+            except Exception as exc:
+                if _debug_enabled():
+                    raise
+                render.internal_error(exc)
+                raise typer.Exit(int(ExitCode.INTERNAL)) from None
+
+        app.command(name)(wrapper)
+        return func
+
+    return decorate
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(int(ExitCode.TERMINATED))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
+    app()
+
+
+# Importing the command modules registers them on `app`.
+from qconvert.cli import inspect_cmd as _inspect_cmd  # noqa: E402,F401
+from qconvert.cli import quantize_cmd as _quantize_cmd  # noqa: E402,F401

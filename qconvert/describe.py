@@ -1,0 +1,49 @@
+"""`inspect`: what a model is, what it holds, and what qconvert could quantize in it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from qconvert.config import Mode
+from qconvert.model import (
+    LoadedModel,
+    all_initializers,
+    input_specs,
+    iter_nodes,
+    load_model,
+    output_specs,
+    tensor_nbytes,
+    tensor_numel,
+)
+from qconvert.quantize import candidate_op_types, quantization_kinds
+from qconvert.results import InspectResult
+
+
+def describe(model: str | Path | LoadedModel) -> InspectResult:
+    import onnx
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    proto = loaded.proto
+    nodes = list(iter_nodes(proto.graph))
+    histogram = Counter(n.node.op_type for n in nodes)
+    params: dict[str, dict[str, int]] = {}
+    for tensor in all_initializers(proto):
+        dtype = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+        entry = params.setdefault(dtype, {"count": 0, "bytes": 0})
+        entry["count"] += tensor_numel(tensor)
+        entry["bytes"] += tensor_nbytes(tensor)
+    candidates = {
+        mode.value: {op: n for op, n in sorted(histogram.items()) if op in candidate_op_types(mode)}
+        for mode in Mode
+    }
+    return InspectResult(
+        path=str(loaded.path), ir_version=proto.ir_version,
+        opsets={(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
+        producer=" ".join(x for x in (proto.producer_name, proto.producer_version) if x),
+        inputs=[s.to_dict() for s in input_specs(proto)], outputs=[s.to_dict() for s in output_specs(proto)],
+        op_types=dict(histogram.most_common()), subgraph_nodes=sum(1 for n in nodes if n.in_subgraph),
+        parameters=params, external_data=loaded.uses_external_data, file_bytes=loaded.file_bytes,
+        quantization=quantization_kinds(proto), candidates=candidates,
+    )
+

@@ -1,0 +1,92 @@
+"""One error hierarchy; every error carries its exit code and a hint.
+
+The exit-code table lives here and only here; the CLI maps exceptions to codes in one place
+(`qconvert.cli.app.run`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, documented in the README."""
+
+    OK = 0
+    INTERNAL = 1  # a bug in qconvert
+    BAD_INPUT = 2  # bad model, data, options or output path
+    GATE_FAILED = 3  # a quality gate (accuracy, speed) was missed
+    ENVIRONMENT = 4  # missing dependency, crashed runtime, out of memory or disk
+    INTERRUPTED = 130  # SIGINT (Ctrl-C)
+    TERMINATED = 143  # SIGTERM
+
+
+class QconvertError(Exception):
+    """Base of every error qconvert raises on purpose.
+
+    `message` says what happened, `hint` what to do next, `details` lists individual findings
+    (for example every mismatch between calibration data and the model's inputs).
+    """
+
+    exit_code: ExitCode = ExitCode.INTERNAL
+
+    def __init__(self, message: str, *, hint: str | None = None, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "details": list(self.details),
+            "exit_code": int(self.exit_code),
+        }
+
+
+class InputError(QconvertError):
+    """The user's input (model, data, options, paths) cannot be used."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class UsageError(InputError):
+    """Options that contradict each other or are malformed."""
+
+
+class ModelError(InputError):
+    """The model file is missing, unreadable, malformed or unsupported."""
+
+
+class DataError(InputError):
+    """Calibration or evaluation data is missing, malformed or does not match the model."""
+
+
+class OutputError(InputError):
+    """The output path cannot be written as asked (exists without --force, is the input, …)."""
+
+
+class NothingQuantizedError(InputError):
+    """Quantization would produce a model with no quantized node."""
+
+
+class GateFailedError(QconvertError):
+    """A quality gate was missed."""
+
+    exit_code = ExitCode.GATE_FAILED
+
+
+class EnvironmentFailure(QconvertError):
+    """A dependency is missing, or the runtime, memory or disk failed us."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+class MissingDependencyError(EnvironmentFailure):
+    """An optional dependency (an extra) is not installed."""
+
+
+class RuntimeFailure(EnvironmentFailure):
+    """onnxruntime failed while running or quantizing the model."""

@@ -1,0 +1,171 @@
+"""Pre-processing passes that make models from older exporters quantizable.
+
+Each pass takes a ModelProto, changes it in place and returns a `PassResult` saying what it
+changed, so the quantize summary can report it and a pass that did nothing says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qconvert.model import PROTOBUF_LIMIT, model_nbytes
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    name: str
+    changed: int  # how many things the pass changed; 0 means it was a no-op
+    note: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "changed": self.changed, "note": self.note}
+
+
+@dataclass
+class PrepareResult:
+    passes: list[PassResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"passes": [p.to_dict() for p in self.passes], "warnings": list(self.warnings)}
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
+def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:
+    """Drop graph inputs that are also initializers (Paddle, Caffe2, IR<4 exporters).
+
+    Such an input is an overridable default; quantizers then refuse to treat it as a weight.
+    """
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    keep = [v for v in graph.input if v.name not in inits]
+    removed = len(graph.input) - len(keep)
+    if removed:
+        del graph.input[:]
+        graph.input.extend(keep)
+    return PassResult("remove-initializer-inputs", removed)
+
+
+def _constant_value(node: onnx.NodeProto, known: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        for attr in node.attribute:
+            if attr.name == "value":
+                return attr.t
+            if attr.name == "value_float":
+                return numpy_helper.from_array(np.array(attr.f, np.float32))
+            if attr.name == "value_floats":
+                return numpy_helper.from_array(np.array(list(attr.floats), np.float32))
+            if attr.name == "value_int":
+                return numpy_helper.from_array(np.array(attr.i, np.int64))
+            if attr.name == "value_ints":
+                return numpy_helper.from_array(np.array(list(attr.ints), np.int64))
+        return None  # sparse or string constants stay as nodes
+    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and node.input[0] in known:
+        shape = numpy_helper.to_array(known[node.input[0]]).astype(np.int64)
+        fill = np.zeros(1, np.float32)
+        for attr in node.attribute:
+            if attr.name == "value":
+                fill = numpy_helper.to_array(attr.t)
+        return numpy_helper.from_array(np.full(tuple(shape), fill.reshape(-1)[0], dtype=fill.dtype))
+    if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in known:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(known[node.input[0]])
+        return copy
+    return None
+
+
+def fold_constants(model: onnx.ModelProto) -> PassResult:
+    """Turn Constant / ConstantOfShape / Identity-of-weight nodes into initializers, in every graph.
+
+    Weights produced by nodes instead of stored as initializers make quantizers fail with
+    "Expected … to be an initializer".
+    """
+    folded = 0
+    for graph in _graphs(model.graph):
+        outputs = {v.name for v in graph.output}
+        known = {t.name: t for t in graph.initializer}
+        keep = []
+        for node in graph.node:
+            value = _constant_value(node, known) if len(node.output) == 1 and node.output[0] not in outputs else None
+            if value is None:
+                keep.append(node)
+                continue
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            known[tensor.name] = tensor
+            folded += 1
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
+    return PassResult("fold-constants", folded)
+
+
+def _optimize_and_infer(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelProto:
+    """onnxruntime's own pre-processing: symbolic shape inference, basic graph optimisation
+    (constant folding, Conv+BatchNorm fusion, opset < 10 upgrade) and ONNX shape inference."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="qconvert-prep-") as tmp:
+        out = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(model, out, auto_merge=True)
+            result.passes.append(PassResult("onnxruntime-pre-process", 1,
+                                            "symbolic shapes, basic optimisation, ONNX shapes"))
+            return onnx.load(str(out))
+        except Exception as exc:  # noqa: BLE001 - any failure falls back to plain shape inference
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result.warnings.append(f"onnxruntime pre-processing failed ({first_line}); "
+                                   "used ONNX shape inference only")
+            log.debug("quant_pre_process failed", exc_info=True)
+    return _infer_shapes(model, result)
+
+
+def _infer_shapes(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelProto:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        result.passes.append(PassResult("onnx-shape-inference", 1))
+        return inferred
+    except Exception as exc:  # noqa: BLE001 - shape inference is best effort
+        result.warnings.append(f"ONNX shape inference failed: {str(exc).splitlines()[0] if str(exc) else exc}")
+        return model
+
+
+def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PrepareResult]:
+    """Run every pre-processing pass; the input proto is modified in place and may be returned."""
+    result = PrepareResult()
+    result.passes.append(remove_initializer_inputs(model))
+    result.passes.append(fold_constants(model))
+    if model_nbytes(model) >= PROTOBUF_LIMIT:
+        result.warnings.append("model over 2 GB: skipped onnxruntime graph optimisation and shape inference")
+        return model, result
+    return _optimize_and_infer(model, result), result

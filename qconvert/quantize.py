@@ -1,0 +1,409 @@
+"""Quantization through onnxruntime.quantization: the only module that builds its arguments.
+
+onnxruntime's `extra_options` (CamelCase keys, typos silently ignored) are built here and only
+here, from a typed `QuantizeConfig`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qconvert.calibration import CalibrationData
+from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, WeightType
+from qconvert.errors import DataError, ModelError, NothingQuantizedError, UsageError
+from qconvert.model import (
+    PROTOBUF_LIMIT,
+    LoadedModel,
+    check_output_path,
+    has_subgraphs,
+    iter_nodes,
+    load_model,
+    model_nbytes,
+    move_into_place,
+    staging_dir,
+)
+from qconvert.prepare import prepare
+from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
+
+if TYPE_CHECKING:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantType
+
+log = logging.getLogger(__name__)
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
+                         "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QAttention", "QEmbedLayerNormalization",
+                         "QGemm"})
+STATIC_SUBGRAPH_REASON = "in a subgraph: onnxruntime's QDQ quantizer does not enter If/Loop/Scan bodies"
+FLOAT_DTYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def candidate_op_types(mode: Mode) -> frozenset[str]:
+    """Op types onnxruntime quantizes by default in `mode`."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    if mode is Mode.DYNAMIC:
+        return frozenset(IntegerOpsRegistry)
+    return frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+
+
+def quantization_kinds(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes that show a model is already quantized, by format."""
+    kinds = {"qdq": 0, "qoperator": 0, "integer": 0}
+    for gn in iter_nodes(model.graph):
+        op = gn.node.op_type
+        if op in QDQ_OPS:
+            kinds["qdq"] += 1
+        elif op in INTEGER_OPS:
+            kinds["integer"] += 1
+        elif op.startswith("QLinear"):
+            kinds["qoperator"] += 1
+    return kinds
+
+
+def _quant_type(value: ActivationType | WeightType) -> QuantType:
+    from onnxruntime.quantization import QuantType
+
+    return {
+        "int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int16": QuantType.QInt16,
+        "uint16": QuantType.QUInt16, "int4": QuantType.QInt4, "uint4": QuantType.QUInt4,
+    }[value.value]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which nodes are candidates, which the user excluded, and the resulting onnxruntime lists."""
+
+    mode: Mode
+    subgraphs: bool
+    candidates: list[tuple[str, str, str]]  # (name, op_type, graph path)
+    excluded: dict[str, str]  # node name -> reason
+    op_types: list[str]
+
+    @property
+    def nodes_to_exclude(self) -> list[str]:
+        return sorted(self.excluded)
+
+    @property
+    def subgraph_candidates(self) -> list[str]:
+        return [name for name, _, graph in self.candidates if graph and name not in self.excluded]
+
+
+def plan(model: onnx.ModelProto, mode: Mode, config: QuantizeConfig, subgraphs: bool) -> Plan:
+    defaults = candidate_op_types(mode)
+    wanted = set(config.op_types) if config.op_types else set(defaults)
+    op_types = sorted((wanted & defaults if not config.op_types else wanted) - set(config.exclude_op_types))
+    candidates: list[tuple[str, str, str]] = []
+    excluded: dict[str, str] = {}
+    for gn in iter_nodes(model.graph):
+        node = gn.node
+        if node.op_type not in defaults and node.op_type not in wanted:
+            continue
+        name = node.name or f"<unnamed {node.op_type}>"
+        candidates.append((name, node.op_type, gn.graph_path))
+        pattern = next((p for p in config.exclude_nodes if fnmatch.fnmatchcase(name, p)), None)
+        if pattern is not None:
+            excluded[name] = f"excluded by --exclude-nodes {pattern}"
+        elif node.op_type in config.exclude_op_types:
+            excluded[name] = "excluded by --exclude-op-types"
+        elif node.op_type not in op_types:
+            excluded[name] = "op type not in --op-types"
+        elif gn.in_subgraph and not subgraphs:
+            excluded[name] = "in a subgraph (--no-subgraphs)"
+    return Plan(mode, subgraphs, candidates, excluded, op_types)
+
+
+def _quantized_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the original nodes onnxruntime quantized, recovered from the quantized graph.
+
+    QDQ keeps a node's name and feeds it from DequantizeLinear; dynamic quantization renames
+    `X` to `X_quant` with an integer op.
+    """
+    names: set[str] = set()
+    import onnx
+
+    def walk(graph: onnx.GraphProto) -> None:
+        producers = {out: n.op_type for n in graph.node for out in n.output}
+        for node in graph.node:
+            if node.op_type in INTEGER_OPS or node.op_type.startswith("QLinear") or node.op_type == "QGemm":
+                names.add(node.name.removesuffix("_quant"))
+            elif node.op_type not in QDQ_OPS and any(
+                    producers.get(i) in ("DequantizeLinear", "DynamicQuantizeLinear") for i in node.input):
+                names.add(node.name)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        walk(sub)
+
+    walk(model.graph)
+    return names
+
+
+def _skip_reason(name: str, op_type: str, graph: str, plan_: Plan, model: onnx.ModelProto) -> str:
+    if name in plan_.excluded:
+        return plan_.excluded[name]
+    if graph and plan_.mode is Mode.STATIC:
+        if not plan_.subgraphs:
+            return STATIC_SUBGRAPH_REASON
+        if op_type not in candidate_op_types(Mode.DYNAMIC):
+            return "in a subgraph: only dynamically quantizable ops (MatMul, Conv, Gather, …) are quantized there"
+    if plan_.mode is Mode.DYNAMIC and op_type == "MatMul":
+        inits = {t.name for t in model.graph.initializer}
+        node = next((gn.node for gn in iter_nodes(model.graph) if gn.node.name == name), None)
+        if node is not None and len(node.input) > 1 and node.input[1] not in inits:
+            return "MatMul without a constant weight (dynamic mode quantizes weight MatMuls only)"
+    return "left in float by onnxruntime (input not quantized or not float, or unsupported here)"
+
+
+class _Reader:
+    """Adapts a `CalibrationData` stream to onnxruntime's `CalibrationDataReader` protocol."""
+
+    def __init__(self, data: CalibrationData) -> None:
+        self._it = iter(data)
+        self.count = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        sample = next(self._it, None)
+        if sample is not None:
+            self.count += 1
+        return sample
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        sample = self.get_next()
+        if sample is None:
+            raise StopIteration
+        return sample
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime_python_logs() -> Iterator[None]:
+    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _calibrate(model_path: Path, work: Path, data: CalibrationData, plan_: Plan, config: QuantizeConfig,
+               external: bool) -> tuple[Path, int]:
+    """Collect activation ranges and save them where `quantize_static` reads a calibration cache."""
+    from onnxruntime.quantization import save_tensors_data
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    options: dict[str, Any] = {"symmetric": config.symmetric_activations}
+    if config.method is CalibrationMethod.PERCENTILE:
+        options["percentile"] = config.percentile
+    calibrator = create_calibrator(model_path, plan_.op_types, augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=_ort_method(config.method), use_external_data_format=external,
+                                   extra_options=options)
+    reader = _Reader(data)
+    try:
+        calibrator.collect_data(reader)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"calibration failed on sample {reader.count - 1}: {_first_line(exc)}",
+                        hint="check the calibration data against `qconvert inspect` of the model") from exc
+    if reader.count == 0:
+        raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
+    ranges = calibrator.compute_data()
+    cache = work / "ranges.json"
+    save_tensors_data(ranges, cache)
+    return cache, reader.count
+
+
+def _extra_options(config: QuantizeConfig, mode: Mode, subgraphs: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "ActivationSymmetric": config.symmetric_activations,
+        "WeightSymmetric": config.symmetric_weights,
+        "EnableSubgraph": subgraphs,
+    }
+    if mode is Mode.DYNAMIC:
+        options["MatMulConstBOnly"] = True
+    return options
+
+
+def _check_types(config: QuantizeConfig, mode: Mode) -> None:
+    if mode is Mode.DYNAMIC and config.weights not in (WeightType.INT8, WeightType.UINT8):
+        raise UsageError(f"dynamic mode supports int8/uint8 weights, not {config.weights}",
+                         hint="use --mode static for 16- and 4-bit weights")
+    if config.weights in (WeightType.INT4, WeightType.UINT4) and not (
+            set(config.op_types) and set(config.op_types) <= {"MatMul", "Gather"}):
+        raise UsageError("4-bit weights apply to MatMul and Gather only",
+                         hint="add --op-types MatMul (and Gather)")
+    if not 0 < config.percentile <= 100:
+        raise UsageError(f"--percentile must be in (0, 100], got {config.percentile}")
+
+
+def resolve_mode(config: QuantizeConfig, data: CalibrationData | None) -> tuple[Mode, str]:
+    if config.mode is not None:
+        if config.mode is Mode.STATIC and data is None:
+            raise UsageError("static quantization needs calibration data",
+                             hint="pass --calib DATA (or --calib synthetic for a smoke run), or --mode dynamic")
+        return config.mode, "as requested"
+    if data is not None:
+        return Mode.STATIC, "calibration data given"
+    return Mode.DYNAMIC, "no calibration data given"
+
+
+def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | None = None, *,
+             config: QuantizeConfig | None = None, force: bool = False) -> QuantizeResult:
+    """Quantize `model` into `output` (QDQ for static, integer ops for dynamic) and report what happened.
+
+    The output is written atomically; the input is never modified. Raises NothingQuantizedError,
+    without writing anything, when no node would be quantized.
+    """
+    import onnx
+
+    config = config or QuantizeConfig()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    out = Path(output)
+    check_output_path(out, inputs=(loaded.path,), force=force)
+    kinds = quantization_kinds(loaded.proto)
+    if any(kinds.values()):
+        found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
+                         hint="quantize the FP32 original instead")
+    mode, mode_reason = resolve_mode(config, data)
+    _check_types(config, mode)
+    warnings: list[str] = []
+    if mode is Mode.DYNAMIC and data is not None:
+        warnings.append("dynamic mode computes activation ranges at run time: calibration data not used")
+        data = None
+    subgraphs = config.subgraphs if config.subgraphs is not None else has_subgraphs(loaded.proto)
+
+    started = time.perf_counter()
+    proto = loaded.proto
+    prep = None
+    if config.preprocess:
+        proto_copy = onnx.ModelProto()
+        proto_copy.CopyFrom(proto)
+        with _quiet_onnxruntime_python_logs():
+            proto, prep = prepare(proto_copy)
+        warnings.extend(prep.warnings)
+    external = loaded.uses_external_data or model_nbytes(proto) >= PROTOBUF_LIMIT
+    the_plan = plan(proto, mode, config, subgraphs)
+    if mode is Mode.STATIC and subgraphs and the_plan.subgraph_candidates:
+        warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
+                        "dynamically (integer ops), the main graph statically")
+    prepare_seconds = time.perf_counter() - started
+
+    with staging_dir(out) as work:
+        src = work / "prepared.onnx"
+        if external:
+            onnx.save_model(proto, str(src), save_as_external_data=True, location="prepared.onnx.data")
+        else:
+            onnx.save_model(proto, str(src))
+        staged = work / out.name
+        calib_seconds, samples = 0.0, 0
+        t0 = time.perf_counter()
+        with _quiet_onnxruntime_python_logs():
+            if mode is Mode.STATIC:
+                assert data is not None
+                cache, samples = _calibrate(src, work, data, the_plan, config, external)
+                calib_seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                _run_static(src, staged, cache, the_plan, config, external)
+            else:
+                _run_dynamic(src, staged, the_plan, config, external, the_plan.nodes_to_exclude)
+        quant_seconds = time.perf_counter() - t0
+        quantized_model = onnx.load(str(staged), load_external_data=False)
+        done = _quantized_names(quantized_model)
+        result_ops: dict[str, OpTypeCount] = {}
+        skipped: list[SkippedNode] = []
+        for name, op_type, graph in the_plan.candidates:
+            counts = result_ops.setdefault(op_type, OpTypeCount())
+            counts.candidates += 1
+            if name in done:
+                counts.quantized += 1
+            else:
+                skipped.append(SkippedNode(name, op_type, graph, _skip_reason(name, op_type, graph, the_plan, proto)))
+        if not any(c.quantized for c in result_ops.values()):
+            reasons = sorted({s.reason for s in skipped})
+            raise NothingQuantizedError(
+                f"nothing to quantize in {loaded.path}: {len(the_plan.candidates)} candidate node(s), none quantized",
+                hint="check --op-types / --exclude-*; no output was written",
+                details=tuple(reasons) or ("the model has no node of a quantizable op type",))
+        bytes_after = move_into_place(staged, out)
+
+    return QuantizeResult(
+        input_path=str(loaded.path), output_path=str(out), mode=mode.value, mode_reason=mode_reason,
+        config={**config.to_dict(), "mode": mode.value, "subgraphs": subgraphs},
+        data=data.to_dict() if data else None, calibration_samples=samples,
+        op_types=result_ops, skipped=skipped, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
+        prepare_seconds=prepare_seconds, calibration_seconds=calib_seconds, quantization_seconds=quant_seconds,
+        preprocess=prep.to_dict() if prep else None,
+        warnings=warnings + (["synthetic calibration data: a smoke run, not a real calibration"]
+                             if data is not None and data.synthetic else []),
+    )
+
+
+def _run_static(src: Path, staged: Path, cache: Path, plan_: Plan, config: QuantizeConfig, external: bool) -> None:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    static_out = staged.with_name("static-" + staged.name) if plan_.subgraph_candidates and plan_.subgraphs else staged
+    try:
+        quantize_static(
+            str(src), str(static_out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=plan_.op_types, per_channel=config.per_channel,
+            reduce_range=config.reduce_range, activation_type=_quant_type(config.activations),
+            weight_type=_quant_type(config.weights), nodes_to_exclude=plan_.nodes_to_exclude,
+            use_external_data_format=external, calibrate_method=_ort_method(config.method),
+            extra_options=_extra_options(config, Mode.STATIC, subgraphs=False),
+            calibration_cache_path=str(cache),
+        )
+    except Exception as exc:
+        raise ModelError(f"onnxruntime could not quantize the model: {_first_line(exc)}",
+                         hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
+    if static_out != staged:
+        subgraph_nodes = set(plan_.subgraph_candidates)
+        main_and_excluded = [n for n, _, _ in plan_.candidates if n not in subgraph_nodes]
+        _run_dynamic(static_out, staged, plan_, config, external, sorted(main_and_excluded))
+
+
+def _ort_method(method: CalibrationMethod) -> Any:
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+
+    return {
+        CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
+        CalibrationMethod.PERCENTILE: OrtMethod.Percentile, CalibrationMethod.DISTRIBUTION: OrtMethod.Distribution,
+    }[method]
+
+
+def _run_dynamic(src: Path, staged: Path, plan_: Plan, config: QuantizeConfig, external: bool,
+                 exclude: list[str]) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    dynamic_ops = sorted(set(plan_.op_types) & candidate_op_types(Mode.DYNAMIC)) or plan_.op_types
+    weight = config.weights if config.weights in (WeightType.INT8, WeightType.UINT8) else WeightType.INT8
+    try:
+        quantize_dynamic(
+            str(src), str(staged), op_types_to_quantize=dynamic_ops, per_channel=config.per_channel,
+            reduce_range=config.reduce_range, weight_type=_quant_type(weight), nodes_to_exclude=exclude,
+            use_external_data_format=external,
+            extra_options=_extra_options(config, Mode.DYNAMIC, subgraphs=plan_.subgraphs),
+        )
+    except Exception as exc:
+        raise ModelError(f"onnxruntime could not quantize the model: {_first_line(exc)}",
+                         hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
