@@ -76,7 +76,8 @@ def _constant_value(node: onnx.NodeProto, known: dict[str, onnx.TensorProto]) ->
     if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
         for attr in node.attribute:
             if attr.name == "value":
-                return attr.t
+                tensor: onnx.TensorProto = attr.t
+                return tensor
             if attr.name == "value_float":
                 return numpy_helper.from_array(np.array(attr.f, np.float32))
             if attr.name == "value_floats":
@@ -127,20 +128,21 @@ def fold_constants(model: onnx.ModelProto) -> PassResult:
     return PassResult("fold-constants", folded)
 
 
-def _optimize_and_infer(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelProto:
+def _optimize_and_infer(model: onnx.ModelProto, result: PrepareResult, *, optimize: bool) -> onnx.ModelProto:
     """onnxruntime's own pre-processing: symbolic shape inference, basic graph optimisation
-    (constant folding, Conv+BatchNorm fusion, opset < 10 upgrade) and ONNX shape inference."""
+    (constant folding, Conv+BatchNorm fusion, MatMul+Add → Gemm, opset < 10 upgrade) and ONNX
+    shape inference. Dynamic quantization skips the optimisation: it cannot quantize Gemm."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="qconvert-prep-") as tmp:
         out = Path(tmp) / "prepared.onnx"
         try:
-            quant_pre_process(model, out, auto_merge=True)
-            result.passes.append(PassResult("onnxruntime-pre-process", 1,
-                                            "symbolic shapes, basic optimisation, ONNX shapes"))
+            quant_pre_process(model, out, auto_merge=True, skip_optimization=not optimize)
+            result.passes.append(PassResult("onnxruntime-pre-process", 1, "symbolic shapes, ONNX shapes" + (
+                ", basic graph optimisation" if optimize else "")))
             return onnx.load(str(out))
-        except Exception as exc:  # noqa: BLE001 - any failure falls back to plain shape inference
+        except Exception as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             result.warnings.append(f"onnxruntime pre-processing failed ({first_line}); "
                                    "used ONNX shape inference only")
@@ -160,12 +162,14 @@ def _infer_shapes(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelPr
         return model
 
 
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PrepareResult]:
-    """Run every pre-processing pass; the input proto is modified in place and may be returned."""
+def prepare(model: onnx.ModelProto, *, optimize: bool = True) -> tuple[onnx.ModelProto, PrepareResult]:
+    """Run every pre-processing pass; the input proto is modified in place and may be returned.
+
+    `optimize` adds onnxruntime's basic graph optimisation (right for static QDQ)."""
     result = PrepareResult()
     result.passes.append(remove_initializer_inputs(model))
     result.passes.append(fold_constants(model))
     if model_nbytes(model) >= PROTOBUF_LIMIT:
         result.warnings.append("model over 2 GB: skipped onnxruntime graph optimisation and shape inference")
         return model, result
-    return _optimize_and_infer(model, result), result
+    return _optimize_and_infer(model, result, optimize=optimize), result

@@ -34,7 +34,7 @@ from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 
 if TYPE_CHECKING:
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantType
+    from onnxruntime.quantization import QuantType
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ INTEGER_OPS = frozenset({"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear"
                          "DynamicQuantizeLSTM", "MatMulIntegerToFloat", "QAttention", "QEmbedLayerNormalization",
                          "QGemm"})
 STATIC_SUBGRAPH_REASON = "in a subgraph: onnxruntime's QDQ quantizer does not enter If/Loop/Scan bodies"
-FLOAT_DTYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
 
 def candidate_op_types(mode: Mode) -> frozenset[str]:
@@ -124,19 +124,25 @@ def plan(model: onnx.ModelProto, mode: Mode, config: QuantizeConfig, subgraphs: 
 def _quantized_names(model: onnx.ModelProto) -> set[str]:
     """Names of the original nodes onnxruntime quantized, recovered from the quantized graph.
 
-    QDQ keeps a node's name and feeds it from DequantizeLinear; dynamic quantization renames
-    `X` to `X_quant` with an integer op.
+    Dynamic quantization renames `X` to `X_quant` with an integer op. QDQ keeps a node's name:
+    a weighted op is quantized when its data and weight both come from DequantizeLinear, any
+    other op when it reads a dequantized input and its output is quantized again.
     """
-    names: set[str] = set()
     import onnx
+
+    names: set[str] = set()
 
     def walk(graph: onnx.GraphProto) -> None:
         producers = {out: n.op_type for n in graph.node for out in n.output}
+        requantized = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
         for node in graph.node:
-            if node.op_type in INTEGER_OPS or node.op_type.startswith("QLinear") or node.op_type == "QGemm":
+            from_dq = [producers.get(i) in ("DequantizeLinear", "DynamicQuantizeLinear") for i in node.input]
+            if node.op_type in INTEGER_OPS or node.op_type.startswith("QLinear"):
                 names.add(node.name.removesuffix("_quant"))
-            elif node.op_type not in QDQ_OPS and any(
-                    producers.get(i) in ("DequantizeLinear", "DynamicQuantizeLinear") for i in node.input):
+            elif node.op_type in WEIGHTED_OPS:
+                if len(from_dq) > 1 and from_dq[0] and from_dq[1]:
+                    names.add(node.name)
+            elif node.op_type not in QDQ_OPS and any(from_dq) and any(o in requantized for o in node.output):
                 names.add(node.name)
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
@@ -252,6 +258,12 @@ def _check_types(config: QuantizeConfig, mode: Mode) -> None:
             set(config.op_types) and set(config.op_types) <= {"MatMul", "Gather"}):
         raise UsageError("4-bit weights apply to MatMul and Gather only",
                          hint="add --op-types MatMul (and Gather)")
+    if mode is Mode.STATIC and config.method is CalibrationMethod.DISTRIBUTION:
+        # onnxruntime's Distribution calibrator yields mean/std for float8 types, not ranges:
+        # integer QDQ built from it is noise (cosine -0.26 to FP32 on a small CNN).
+        raise UsageError("--method distribution applies to float8 quantization, which qconvert does not offer; "
+                         "with integer types it produces unusable ranges",
+                         hint="use --method minmax, entropy or percentile")
     if not 0 < config.percentile <= 100:
         raise UsageError(f"--percentile must be in (0, 100], got {config.percentile}")
 
@@ -300,7 +312,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         proto_copy = onnx.ModelProto()
         proto_copy.CopyFrom(proto)
         with _quiet_onnxruntime_python_logs():
-            proto, prep = prepare(proto_copy)
+            proto, prep = prepare(proto_copy, optimize=mode is Mode.STATIC)
         warnings.extend(prep.warnings)
     external = loaded.uses_external_data or model_nbytes(proto) >= PROTOBUF_LIMIT
     the_plan = plan(proto, mode, config, subgraphs)
@@ -330,6 +342,10 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         quant_seconds = time.perf_counter() - t0
         quantized_model = onnx.load(str(staged), load_external_data=False)
         done = _quantized_names(quantized_model)
+        if mode is Mode.STATIC:
+            present = {gn.node.name for gn in iter_nodes(quantized_model.graph)}
+            done |= {name for name, _, _ in the_plan.candidates if name not in present}
+        done -= set(the_plan.excluded)
         result_ops: dict[str, OpTypeCount] = {}
         skipped: list[SkippedNode] = []
         for name, op_type, graph in the_plan.candidates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+from contextvars import ContextVar
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -22,15 +23,15 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+_debug: ContextVar[bool] = ContextVar("qconvert_debug", default=False)
 
 
 @app.callback()
 def _root(
-    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
 ) -> None:
-    ctx.obj = {"debug": debug}
+    _debug.set(debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not debug:
@@ -40,12 +41,6 @@ def _root(
             onnxruntime.set_default_logger_severity(3)
         except ImportError:
             pass
-
-
-def _debug_enabled() -> bool:
-    ctx = typer.get_current_context(silent=True)
-    obj = ctx.find_root().obj if ctx is not None else None
-    return bool(obj and obj.get("debug"))
 
 
 def command(name: str) -> Callable[[F], F]:
@@ -59,7 +54,7 @@ def command(name: str) -> Callable[[F], F]:
             try:
                 return func(*args, **kwargs)
             except QconvertError as exc:
-                if _debug_enabled():
+                if _debug.get():
                     logging.getLogger("qconvert").exception("error")
                 render.error(exc, as_json=as_json)
                 raise typer.Exit(int(exc.exit_code)) from None
@@ -69,7 +64,7 @@ def command(name: str) -> Callable[[F], F]:
             except (typer.Exit, typer.Abort):
                 raise
             except Exception as exc:
-                if _debug_enabled():
+                if _debug.get():
                     raise
                 render.internal_error(exc)
                 raise typer.Exit(int(ExitCode.INTERNAL)) from None

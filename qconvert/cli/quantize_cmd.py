@@ -38,11 +38,13 @@ def quantize(
         show_default=False)] = None,
     activations: Annotated[ActivationType, typer.Option(help="Activation type (static mode).")] = ActivationType.UINT8,
     weights: Annotated[WeightType, typer.Option(help="Weight type.")] = WeightType.INT8,
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per output channel.")] = True,
+    per_channel: Annotated[bool, typer.Option(
+        "--per-channel/--per-tensor", help="Weight scales per output channel.")] = True,
     reduce_range: Annotated[bool, typer.Option(help="7-bit weights (for CPUs without VNNI).")] = False,
     symmetric_activations: Annotated[bool, typer.Option(help="Symmetric activation ranges.")] = False,
     symmetric_weights: Annotated[bool, typer.Option(help="Symmetric weight ranges.")] = True,
-    method: Annotated[CalibrationMethod, typer.Option(help="Calibration method (static mode).")] = CalibrationMethod.MINMAX,
+    method: Annotated[CalibrationMethod, typer.Option(
+        help="Calibration method (static mode).")] = CalibrationMethod.MINMAX,
     percentile: Annotated[float, typer.Option(help="Percentile for --method percentile.")] = 99.999,
     op_types: Annotated[list[str] | None, typer.Option(
         "--op-types", help="Quantize only these op types (repeatable or comma-separated).", show_default=False)] = None,

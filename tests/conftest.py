@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny seeded models on disk with calibration data beside them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import models
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_models"
+
+
+@pytest.fixture
+def cnn(tmp_path: Path) -> Path:
+    return models.save(models.conv_mlp(), tmp_path / "cnn.onnx")
+
+
+@pytest.fixture
+def cnn_calib(tmp_path: Path) -> Path:
+    return models.write_npz(models.conv_mlp(), tmp_path / "cnn.calib.npz", samples=16, seed=1)
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> Path:
+    return models.save(models.mlp(), tmp_path / "mlp.onnx")
+
+
+@pytest.fixture
+def mlp_calib(tmp_path: Path) -> Path:
+    return models.write_npz(models.mlp(), tmp_path / "mlp.calib.npz", samples=16, seed=1)

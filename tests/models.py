@@ -1,0 +1,167 @@
+"""Tiny seeded ONNX models shaped like the ones exporters produce in the wild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           inits: list[onnx.TensorProto], ir_version: int = 8, opset: int = OPSET) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qconvert-tests")
+    model.ir_version = ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def _weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return (rng.standard_normal(shape) * (1.0 / np.sqrt(np.prod(shape[1:])))).astype(np.float32)
+
+
+def conv_mlp(seed: int = 0) -> onnx.ModelProto:
+    """Conv → Relu → Conv → Relu → GlobalAveragePool → Flatten → MatMul → Add: a little CNN
+    with a dynamic batch dim."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 8, 3, 3, 3), "w1"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+        numpy_helper.from_array(_weights(rng, 8, 8, 3, 3), "w2"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b2"),
+        numpy_helper.from_array(_weights(rng, 8, 4), "fc_w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "fc_w"], ["mm"], name="fc"),
+        helper.make_node("Add", ["mm", "fc_b"], ["y"], name="fc_bias"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def mlp(seed: int = 0, hidden: int = 32) -> onnx.ModelProto:
+    """MatMul → Relu → MatMul on a [batch, 16] input."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 16, hidden), "w1"),
+             numpy_helper.from_array(_weights(rng, hidden, 4), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("MatMul", ["hr", "w2"], ["y"], name="mm2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def with_if_subgraph(seed: int = 0) -> onnx.ModelProto:
+    """A MatMul in the main graph and one in each branch of an If (as RNN/decoder exports do)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 16, 16), "w"),
+             numpy_helper.from_array(_weights(rng, 16, 16), "w_then"),
+             numpy_helper.from_array(_weights(rng, 16, 16), "w_else"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    then_g = helper.make_graph([helper.make_node("MatMul", ["h", "w_then"], ["t"], name="then_mm")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 16])])
+    else_g = helper.make_graph([helper.make_node("MatMul", ["h", "w_else"], ["e"], name="else_mm")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["batch", 16])])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("ReduceSum", ["h"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], inits)
+
+
+def only_subgraph_matmul(seed: int = 0) -> onnx.ModelProto:
+    """The only quantizable node sits inside an If body."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 16, 16), "w_then"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    then_g = helper.make_graph([helper.make_node("MatMul", ["x", "w_then"], ["t"], name="then_mm")], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 16])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"], name="else_neg")], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["batch", 16])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="branch", then_branch=then_g, else_branch=else_g)]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], inits)
+
+
+def initializers_as_inputs(seed: int = 0) -> onnx.ModelProto:
+    """Weights also listed as graph inputs, as Paddle/Caffe2/IR<4 exporters write them."""
+    model = mlp(seed)
+    for init in model.graph.initializer:
+        model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    model.ir_version = 3
+    return model
+
+
+def constant_weights(seed: int = 0) -> onnx.ModelProto:
+    """Weights produced by Constant / ConstantOfShape nodes instead of initializers."""
+    rng = np.random.default_rng(seed)
+    w1 = _weights(rng, 16, 32)
+    w2 = _weights(rng, 32, 4)
+    nodes = [
+        helper.make_node("Constant", [], ["w1"], name="const_w1", value=numpy_helper.from_array(w1)),
+        helper.make_node("Constant", [], ["w2"], name="const_w2", value=numpy_helper.from_array(w2)),
+        helper.make_node("Constant", [], ["bias_shape"], name="const_shape",
+                         value=numpy_helper.from_array(np.array([4], np.int64))),
+        helper.make_node("ConstantOfShape", ["bias_shape"], ["b2"], name="bias_fill",
+                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+        helper.make_node("MatMul", ["hr", "w2"], ["m2"], name="mm2"),
+        helper.make_node("Add", ["m2", "b2"], ["y"], name="bias"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], [])
+
+
+def no_quantizable_ops() -> onnx.ModelProto:
+    nodes = [helper.make_node("Neg", ["x"], ["n"], name="neg"), helper.make_node("Exp", ["n"], ["y"], name="exp")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])], [])
+
+
+def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def inputs_for(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Random float inputs for every non-initializer input, dynamic dims set to `batch`."""
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def write_npz(model: onnx.ModelProto, path: Path, samples: int, seed: int = 0) -> Path:
+    np.savez(path, **inputs_for(model, samples, seed))
+    return path
+
+
+def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [np.asarray(o) for o in session.run(None, feeds)]
