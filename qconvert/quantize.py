@@ -6,11 +6,9 @@ here, from a typed `QuantizeConfig`.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from qconvert.model import (
 )
 from qconvert.prepare import prepare
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
+from qconvert.runtime import quiet_onnxruntime
 
 if TYPE_CHECKING:
     import onnx
@@ -194,18 +193,6 @@ class _Reader:
         return sample
 
 
-@contextlib.contextmanager
-def _quiet_onnxruntime_python_logs() -> Iterator[None]:
-    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -311,7 +298,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     if config.preprocess:
         proto_copy = onnx.ModelProto()
         proto_copy.CopyFrom(proto)
-        with _quiet_onnxruntime_python_logs():
+        with quiet_onnxruntime():
             proto, prep = prepare(proto_copy, optimize=mode is Mode.STATIC)
         warnings.extend(prep.warnings)
     external = loaded.uses_external_data or model_nbytes(proto) >= PROTOBUF_LIMIT
@@ -330,7 +317,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         staged = work / out.name
         calib_seconds, samples = 0.0, 0
         t0 = time.perf_counter()
-        with _quiet_onnxruntime_python_logs():
+        with quiet_onnxruntime():
             if mode is Mode.STATIC:
                 assert data is not None
                 cache, samples = _calibrate(src, work, data, the_plan, config, external)

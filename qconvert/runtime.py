@@ -1,0 +1,35 @@
+"""Keeping onnxruntime's chatter off stdout, which belongs to results (`qconvert … --json | jq`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Send everything printed to stdout while onnxruntime works to stderr, at the file-descriptor
+    level too (its calibrators `print`, some native banners write to fd 1), and silence the
+    advice onnxruntime.quantization logs on the root logger ("consider pre-processing")."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    sys.stdout.flush()
+    saved_fd = None
+    try:
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real fd 1 (embedded interpreters): Python-level redirection still applies
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        root.setLevel(level)
