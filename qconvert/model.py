@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
 
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a sidecar file.
 PROTOBUF_LIMIT = 2**31 - 1
-# Bytes left inside the protobuf for metadata and small tensors when weights move out.
-EXTERNAL_DATA_THRESHOLD = 1024
 
 
 @dataclass(frozen=True)
@@ -160,10 +157,6 @@ def has_subgraphs(model: onnx.ModelProto) -> bool:
     return any(n.in_subgraph for n in iter_nodes(model.graph))
 
 
-def op_histogram(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(n.node.op_type for n in iter_nodes(model.graph))
-
-
 def all_initializers(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Initializers of the main graph and of every subgraph."""
     import onnx
@@ -233,40 +226,6 @@ def staging_dir(output: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def save_model(model: onnx.ModelProto, output: Path, *, force: bool, inputs: tuple[Path, ...] = (),
-               external_data: bool | None = None) -> int:
-    """Write `model` to `output` atomically and return the bytes written.
-
-    The model (and its `<name>.data` sidecar when weights go external) is written into a staging
-    folder beside the destination, flushed, then renamed into place: the sidecar first, the model
-    last, so a reader never sees a model pointing at a half-written sidecar. A symlink at the
-    destination is replaced, not followed. `external_data=None` chooses external data only when
-    the model would not fit in one protobuf.
-    """
-    import onnx
-
-    check_output_path(output, inputs=inputs, force=force)
-    if external_data is None:
-        external_data = model_nbytes(model) >= PROTOBUF_LIMIT
-    sidecar = output.name + ".data"
-    with staging_dir(output) as tmp:
-        staged = tmp / output.name
-        if external_data:
-            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=sidecar, size_threshold=EXTERNAL_DATA_THRESHOLD)
-        else:
-            onnx.save_model(model, str(staged))
-        written = 0
-        for f in sorted(tmp.iterdir()):
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-            written += f.stat().st_size
-        if external_data:
-            os.replace(tmp / sidecar, output.parent / sidecar)
-        os.replace(staged, output)
-    return written
 
 
 def move_into_place(staged: Path, output: Path) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-from contextvars import ContextVar
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Annotated, Any, TypeVar
 
 import typer

@@ -76,7 +76,8 @@ def inspect_result(r: InspectResult) -> None:
     for col in ("op type", "count", "static candidates", "dynamic candidates"):
         ops.add_column(col, justify="right" if col != "op type" else "left")
     for op, n in r.op_types.items():
-        ops.add_row(escape(op), str(n), str(r.candidates["static"].get(op, "")), str(r.candidates["dynamic"].get(op, "")))
+        ops.add_row(escape(op), str(n), str(r.candidates["static"].get(op, "")),
+                    str(r.candidates["dynamic"].get(op, "")))
     out.print(ops)
     params = ", ".join(f"{k}: {v['count']:,} ({human_bytes(v['bytes'])})" for k, v in r.parameters.items())
     out.print(f"parameters: {d['parameter_count']:,} · {params or 'none'}", highlight=False)
@@ -106,7 +107,8 @@ def quantize_result(r: QuantizeResult, *, verbose: bool = False) -> None:
         for reason, n in r.skip_reasons().most_common():
             names = [s.name for s in r.skipped if s.reason == reason]
             shown = names if verbose else names[:3]
-            reasons.add_row(escape(reason), str(n), escape(", ".join(shown) + (" …" if len(names) > len(shown) else "")))
+            more = " …" if len(names) > len(shown) else ""
+            reasons.add_row(escape(reason), str(n), escape(", ".join(shown) + more))
         out.print(reasons)
     out.print(f"size: {human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} "
               f"([bold]{r.size_ratio:.2f}×[/] smaller)", highlight=False)
