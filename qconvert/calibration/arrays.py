@@ -14,7 +14,8 @@ from qconvert.model import TensorSpec
 
 def _load_npz(path: Path) -> np.lib.npyio.NpzFile:
     try:
-        return np.load(path, allow_pickle=False)
+        npz: np.lib.npyio.NpzFile = np.load(path, allow_pickle=False)
+        return npz
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"cannot read {path}: {exc}", hint="expected a .npz written by numpy.savez") from exc
 

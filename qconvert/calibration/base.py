@@ -75,8 +75,7 @@ class CalibrationData:
             raise DataError(f"no samples in {self.description}", hint="point --calib at non-empty data")
 
     def __iter__(self) -> Iterator[Sample]:
-        count = 0
-        for raw in self.factory():
+        for count, raw in enumerate(self.factory()):
             if self.max_samples is not None and count >= self.max_samples:
                 return
             problems = sample_mismatches(raw, self.specs, ignore=self.ignore_keys)
@@ -86,10 +85,9 @@ class CalibrationData:
                     hint="fix the data or pass --shape / the right input names",
                     details=tuple(problems),
                 )
-            sample = {s.name: raw[s.name] for s in self.specs}
-            check_finite(sample, count)  # type: ignore[arg-type]
-            yield sample  # type: ignore[misc]
-            count += 1
+            sample: Sample = {s.name: np.asarray(raw[s.name]) for s in self.specs}
+            check_finite(sample, count)
+            yield sample
 
     def count(self) -> int:
         return sum(1 for _ in self)

@@ -60,8 +60,9 @@ def image_folder(folder: Path, specs: list[TensorSpec], config: DataConfig) -> I
     for path in image_files(folder):
         try:
             with Image.open(path) as img:
-                img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(img, np.float32) / 255.0
+                resized = img.convert("L" if channels == 1 else "RGB").resize((width, height),
+                                                                               Image.Resampling.BILINEAR)
+                pixels = np.asarray(resized, np.float32) / 255.0
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot read image {path}: {exc}", hint="remove or re-save that file") from exc
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -24,17 +24,17 @@ def resolve_shape(spec: TensorSpec, overrides: dict[str, tuple[int, ...]]) -> tu
         return shape
     if spec.dims is None:
         raise UsageError(f"input {spec.name!r} has unknown rank", hint=f"pass --shape {spec.name}=d0,d1,…")
-    shape = []
+    concrete: list[int] = []
     for axis, dim in enumerate(spec.dims):
         if isinstance(dim, int) and dim > 0:
-            shape.append(dim)
+            concrete.append(dim)
         elif axis == 0:
-            shape.append(1)
+            concrete.append(1)
         else:
             raise UsageError(f"input {spec.name!r} has dynamic dim {axis} ({dim or '?'}) in {list(spec.dims)}",
                              hint=f"pass --shape {spec.name}=" + ",".join(
                                  str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.dims))
-    return tuple(shape)
+    return tuple(concrete)
 
 
 def synthetic_samples(specs: list[TensorSpec], overrides: dict[str, tuple[int, ...]], count: int,
