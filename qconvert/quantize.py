@@ -19,6 +19,7 @@ from qconvert.errors import DataError, ModelError, NothingQuantizedError, UsageE
 from qconvert.model import (
     PROTOBUF_LIMIT,
     LoadedModel,
+    all_initializers,
     check_output_path,
     has_subgraphs,
     iter_nodes,
@@ -96,15 +97,29 @@ class Plan:
         return [name for name, _, graph in self.candidates if graph and name not in self.excluded]
 
 
+def _non_float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose known element type is not floating point (shape arithmetic, indices, masks)."""
+    import onnx
+
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    graph = model.graph
+    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*graph.value_info, *graph.input, *graph.output)]
+    typed += [(t.name, t.data_type) for t in all_initializers(model)]
+    return {name for name, elem in typed if elem and elem not in floats}
+
+
 def plan(model: onnx.ModelProto, mode: Mode, config: QuantizeConfig, subgraphs: bool) -> Plan:
+    """Candidates are nodes of a quantizable op type whose data input is floating point: a Gather
+    over an int64 shape is plumbing, not something quantization could shrink or speed up."""
     defaults = candidate_op_types(mode)
+    non_float = _non_float_tensors(model)
     wanted = set(config.op_types) if config.op_types else set(defaults)
     op_types = sorted((wanted & defaults if not config.op_types else wanted) - set(config.exclude_op_types))
     candidates: list[tuple[str, str, str]] = []
     excluded: dict[str, str] = {}
     for gn in iter_nodes(model.graph):
         node = gn.node
-        if node.op_type not in defaults and node.op_type not in wanted:
+        if (node.op_type not in defaults and node.op_type not in wanted) or (node.input and node.input[0] in non_float):
             continue
         name = node.name or f"<unnamed {node.op_type}>"
         candidates.append((name, node.op_type, gn.graph_path))
@@ -162,11 +177,14 @@ def _skip_reason(name: str, op_type: str, graph: str, plan_: Plan, model: onnx.M
             return STATIC_SUBGRAPH_REASON
         if op_type not in candidate_op_types(Mode.DYNAMIC):
             return "in a subgraph: only dynamically quantizable ops (MatMul, Conv, Gather, …) are quantized there"
-    if plan_.mode is Mode.DYNAMIC and op_type == "MatMul":
-        inits = {t.name for t in model.graph.initializer}
+    if plan_.mode is Mode.DYNAMIC:
+        inits = {t.name for t in all_initializers(model)}
         node = next((gn.node for gn in iter_nodes(model.graph) if gn.node.name == name), None)
-        if node is not None and len(node.input) > 1 and node.input[1] not in inits:
-            return "MatMul without a constant weight (dynamic mode quantizes weight MatMuls only)"
+        weight = {"MatMul": 1, "Gather": 0}.get(op_type)
+        if node is not None and weight is not None and len(node.input) > weight and node.input[weight] not in inits:
+            return f"{op_type} without a constant weight (dynamic mode quantizes weights only)"
+        if op_type == "Transpose":
+            return "Transpose of a float activation (dynamic mode quantizes it only after a quantized op)"
     return "left in float by onnxruntime (input not quantized or not float, or unsupported here)"
 
 
