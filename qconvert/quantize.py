@@ -79,14 +79,23 @@ def _quant_type(value: ActivationType | WeightType) -> QuantType:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    name: str
+    op_type: str
+    graph: str  # '' for the main graph
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """Which nodes are candidates, which the user excluded, and the resulting onnxruntime lists."""
 
     mode: Mode
     subgraphs: bool
-    candidates: list[tuple[str, str, str]]  # (name, op_type, graph path)
+    candidates: list[Candidate]
     excluded: dict[str, str]  # node name -> reason
     op_types: list[str]
+    constants: frozenset[str]  # initializer names in every graph
 
     @property
     def nodes_to_exclude(self) -> list[str]:
@@ -94,7 +103,7 @@ class Plan:
 
     @property
     def subgraph_candidates(self) -> list[str]:
-        return [name for name, _, graph in self.candidates if graph and name not in self.excluded]
+        return [c.name for c in self.candidates if c.graph and c.name not in self.excluded]
 
 
 def _non_float_tensors(model: onnx.ModelProto) -> set[str]:
@@ -115,14 +124,14 @@ def plan(model: onnx.ModelProto, mode: Mode, config: QuantizeConfig, subgraphs: 
     non_float = _non_float_tensors(model)
     wanted = set(config.op_types) if config.op_types else set(defaults)
     op_types = sorted((wanted & defaults if not config.op_types else wanted) - set(config.exclude_op_types))
-    candidates: list[tuple[str, str, str]] = []
+    candidates: list[Candidate] = []
     excluded: dict[str, str] = {}
     for gn in iter_nodes(model.graph):
         node = gn.node
         if (node.op_type not in defaults and node.op_type not in wanted) or (node.input and node.input[0] in non_float):
             continue
         name = node.name or f"<unnamed {node.op_type}>"
-        candidates.append((name, node.op_type, gn.graph_path))
+        candidates.append(Candidate(name, node.op_type, gn.graph_path, tuple(node.input)))
         pattern = next((p for p in config.exclude_nodes if fnmatch.fnmatchcase(name, p)), None)
         if pattern is not None:
             excluded[name] = f"excluded by --exclude-nodes {pattern}"
@@ -132,7 +141,8 @@ def plan(model: onnx.ModelProto, mode: Mode, config: QuantizeConfig, subgraphs: 
             excluded[name] = "op type not in --op-types"
         elif gn.in_subgraph and not subgraphs:
             excluded[name] = "in a subgraph (--no-subgraphs)"
-    return Plan(mode, subgraphs, candidates, excluded, op_types)
+    constants = frozenset(t.name for t in all_initializers(model))
+    return Plan(mode, subgraphs, candidates, excluded, op_types, constants)
 
 
 def _quantized_names(model: onnx.ModelProto) -> set[str]:
@@ -169,21 +179,19 @@ def _quantized_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _skip_reason(name: str, op_type: str, graph: str, plan_: Plan, model: onnx.ModelProto) -> str:
-    if name in plan_.excluded:
-        return plan_.excluded[name]
-    if graph and plan_.mode is Mode.STATIC:
+def _skip_reason(c: Candidate, plan_: Plan) -> str:
+    if c.name in plan_.excluded:
+        return plan_.excluded[c.name]
+    if c.graph and plan_.mode is Mode.STATIC:
         if not plan_.subgraphs:
             return STATIC_SUBGRAPH_REASON
-        if op_type not in candidate_op_types(Mode.DYNAMIC):
+        if c.op_type not in candidate_op_types(Mode.DYNAMIC):
             return "in a subgraph: only dynamically quantizable ops (MatMul, Conv, Gather, …) are quantized there"
     if plan_.mode is Mode.DYNAMIC:
-        inits = {t.name for t in all_initializers(model)}
-        node = next((gn.node for gn in iter_nodes(model.graph) if gn.node.name == name), None)
-        weight = {"MatMul": 1, "Gather": 0}.get(op_type)
-        if node is not None and weight is not None and len(node.input) > weight and node.input[weight] not in inits:
-            return f"{op_type} without a constant weight (dynamic mode quantizes weights only)"
-        if op_type == "Transpose":
+        weight = {"MatMul": 1, "Gather": 0}.get(c.op_type)
+        if weight is not None and len(c.inputs) > weight and c.inputs[weight] not in plan_.constants:
+            return f"{c.op_type} without a constant weight (dynamic mode quantizes weights only)"
+        if c.op_type == "Transpose":
             return "Transpose of a float activation (dynamic mode quantizes it only after a quantized op)"
     return "left in float by onnxruntime (input not quantized or not float, or unsupported here)"
 
@@ -349,17 +357,17 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         done = _quantized_names(quantized_model)
         if mode is Mode.STATIC:
             present = {gn.node.name for gn in iter_nodes(quantized_model.graph)}
-            done |= {name for name, _, _ in the_plan.candidates if name not in present}
+            done |= {c.name for c in the_plan.candidates if c.name not in present}
         done -= set(the_plan.excluded)
         result_ops: dict[str, OpTypeCount] = {}
         skipped: list[SkippedNode] = []
-        for name, op_type, graph in the_plan.candidates:
-            counts = result_ops.setdefault(op_type, OpTypeCount())
+        for c in the_plan.candidates:
+            counts = result_ops.setdefault(c.op_type, OpTypeCount())
             counts.candidates += 1
-            if name in done:
+            if c.name in done:
                 counts.quantized += 1
             else:
-                skipped.append(SkippedNode(name, op_type, graph, _skip_reason(name, op_type, graph, the_plan, proto)))
+                skipped.append(SkippedNode(c.name, c.op_type, c.graph, _skip_reason(c, the_plan)))
         if not any(c.quantized for c in result_ops.values()):
             reasons = sorted({s.reason for s in skipped})
             raise NothingQuantizedError(
@@ -399,7 +407,7 @@ def _run_static(src: Path, staged: Path, cache: Path, plan_: Plan, config: Quant
                          hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
     if static_out != staged:
         subgraph_nodes = set(plan_.subgraph_candidates)
-        main_and_excluded = [n for n, _, _ in plan_.candidates if n not in subgraph_nodes]
+        main_and_excluded = [c.name for c in plan_.candidates if c.name not in subgraph_nodes]
         _run_dynamic(static_out, staged, plan_, config, external, sorted(main_and_excluded))
 
 
