@@ -269,3 +269,15 @@ def test_same_inputs_give_identical_bytes(cnn: Path, cnn_calib: Path, tmp_path: 
     quantize(cnn, tmp_path / "a.onnx", _data(cnn, cnn_calib))
     quantize(cnn, tmp_path / "b.onnx", _data(cnn, cnn_calib))
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_old_opset_models_are_upgraded_and_quantized(tmp_path: Path) -> None:
+    proto = models.conv_mlp()
+    proto.opset_import[0].version = 9  # QuantizeLinear needs opset 10: Caffe2-era exports lack it
+    proto.ir_version = 4
+    src = models.save(proto, tmp_path / "op9.onnx")
+    out = tmp_path / "q.onnx"
+    result = quantize(src, out, _data(src, "synthetic"))
+    assert result.op_types["Conv"].quantized == 2
+    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")} == {11}
+    _close_to_fp32(src, out, proto, min_cosine=0.99)
