@@ -128,6 +128,22 @@ def fold_constants(model: onnx.ModelProto) -> PassResult:
     return PassResult("fold-constants", folded)
 
 
+# QuantizeLinear/DequantizeLinear need opset 10 and their per-channel `axis` opset 13;
+# onnxruntime's quantizer upgrades old models only to 11 and then writes invalid per-channel nodes.
+MIN_OPSET = 13
+
+
+def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassResult]:
+    """Convert models below opset 13 (Caffe2- and early PyTorch-era exports) to opset 13."""
+    import onnx
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_OPSET)
+    if current >= MIN_OPSET:
+        return model, PassResult("upgrade-opset", 0)
+    converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+    return converted, PassResult("upgrade-opset", 1, f"opset {current} -> {MIN_OPSET}")
+
+
 def _optimize_and_infer(model: onnx.ModelProto, result: PrepareResult, *, optimize: bool) -> onnx.ModelProto:
     """onnxruntime's own pre-processing: symbolic shape inference, basic graph optimisation
     (constant folding, Conv+BatchNorm fusion, MatMul+Add → Gemm, opset < 10 upgrade) and ONNX
@@ -169,6 +185,12 @@ def prepare(model: onnx.ModelProto, *, optimize: bool = True) -> tuple[onnx.Mode
     result = PrepareResult()
     result.passes.append(remove_initializer_inputs(model))
     result.passes.append(fold_constants(model))
+    try:
+        model, upgraded = upgrade_opset(model)
+        result.passes.append(upgraded)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare exceptions on unsupported ops
+        result.warnings.append(f"could not upgrade to opset {MIN_OPSET} ({str(exc).strip().splitlines()[0]}); "
+                               "per-channel quantization may fail")
     if model_nbytes(model) >= PROTOBUF_LIMIT:
         result.warnings.append("model over 2 GB: skipped onnxruntime graph optimisation and shape inference")
         return model, result

@@ -353,6 +353,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
             else:
                 _run_dynamic(src, staged, the_plan, config, external, the_plan.nodes_to_exclude)
         quant_seconds = time.perf_counter() - t0
+        _check_loads(staged)
         quantized_model = onnx.load(str(staged), load_external_data=False)
         done = _quantized_names(quantized_model)
         if mode is Mode.STATIC:
@@ -409,6 +410,21 @@ def _run_static(src: Path, staged: Path, cache: Path, plan_: Plan, config: Quant
         subgraph_nodes = set(plan_.subgraph_candidates)
         main_and_excluded = [c.name for c in plan_.candidates if c.name not in subgraph_nodes]
         _run_dynamic(static_out, staged, plan_, config, external, sorted(main_and_excluded))
+
+
+def _check_loads(path: Path) -> None:
+    """Refuse to ship a model onnxruntime itself cannot load."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        with quiet_onnxruntime():
+            onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime produced a model it cannot load: {_first_line(exc)}",
+                         hint="keep pre-processing on (it upgrades old opsets), or try --per-tensor; "
+                              "no output was written") from exc
 
 
 def _ort_method(method: CalibrationMethod) -> Any:

@@ -279,5 +279,11 @@ def test_old_opset_models_are_upgraded_and_quantized(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     result = quantize(src, out, _data(src, "synthetic"))
     assert result.op_types["Conv"].quantized == 2
-    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")} == {11}
+    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")} == {13}
     _close_to_fp32(src, out, proto, min_cosine=0.99)
+    # Without the upgrade onnxruntime writes per-channel DequantizeLinear with `axis` at opset 11,
+    # which it cannot load itself: refused, nothing written.
+    raw = tmp_path / "raw.onnx"
+    with pytest.raises(ModelError, match="cannot load"):
+        quantize(src, raw, _data(src, "synthetic"), config=QuantizeConfig(preprocess=False))
+    assert not raw.exists()
