@@ -58,7 +58,7 @@ def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
     if any(path.glob("*.npz")):
         return build("npz-folder", str(path), partial(npz_folder, path, config.ignore_keys))
     if any(path.glob("*.npy")):
-        return build("npy-folder", str(path), partial(npy_folder, path, specs))
+        return build("npy-folder", str(path), partial(npy_folder, path, specs, config.ignore_keys))
     if image_files(path):
         return build("images", str(path), partial(image_folder, path, specs, config))
     raise DataError(f"no calibration data found in folder {path}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,13 +13,21 @@ from qconvert.calibration.base import Sample
 from qconvert.errors import DataError
 from qconvert.model import TensorSpec
 
+# A damaged zip fails in zipfile or zlib, not with an OSError.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
-def _load_npz(path: Path) -> np.lib.npyio.NpzFile:
+
+def _read_npz(path: Path, ignore: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Every array of a .npz but the ignored ones, read now so a damaged file fails here."""
+    hint = "expected a .npz written by numpy.savez"
     try:
-        npz: np.lib.npyio.NpzFile = np.load(path, allow_pickle=False)
-        return npz
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", hint="expected a .npz written by numpy.savez") from exc
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # .npy content under a .npz name
+            raise DataError(f"cannot read {path}: it holds a bare array, not a .npz archive", hint=hint)
+        with loaded as npz:
+            return {k: npz[k] for k in npz.files if k not in ignore}
+    except _READ_ERRORS as exc:
+        raise DataError(f"cannot read {path}: {exc}", hint=hint) from exc
 
 
 def _split_batch(name: str, array: np.ndarray, specs: dict[str, TensorSpec]) -> Iterator[np.ndarray]:
@@ -31,11 +41,9 @@ def _split_batch(name: str, array: np.ndarray, specs: dict[str, TensorSpec]) -> 
 
 def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -> Iterator[Sample]:
     """One .npz, one array per input name, samples stacked along axis 0."""
-    with _load_npz(path) as npz:
-        keys = [k for k in npz.files if k not in ignore]
-        if not keys:
-            raise DataError(f"{path} holds no arrays", hint="save one array per model input name")
-        arrays = {k: npz[k] for k in keys}
+    arrays = _read_npz(path, ignore)
+    if not arrays:
+        raise DataError(f"{path} holds no arrays", hint="save one array per model input name")
     lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
         raise DataError(f"{path}: arrays must share a non-empty axis 0 (sample count)",
@@ -49,19 +57,18 @@ def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) ->
 def npz_folder(folder: Path, ignore: tuple[str, ...]) -> Iterator[Sample]:
     """A folder with one sample per .npz file, in name order."""
     for path in sorted(folder.glob("*.npz")):
-        with _load_npz(path) as npz:
-            yield {k: npz[k] for k in npz.files if k not in ignore}
+        yield _read_npz(path, ignore)
 
 
-def npy_folder(folder: Path, specs: list[TensorSpec]) -> Iterator[Sample]:
+def npy_folder(folder: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -> Iterator[Sample]:
     """A folder of `<input name>.npy` files, samples along axis 0, memory-mapped so only the
     current sample is read."""
-    files = {p.stem: p for p in folder.glob("*.npy")}
+    files = {p.stem: p for p in folder.glob("*.npy") if p.stem not in ignore}
     arrays: dict[str, np.ndarray] = {}
     for name, path in sorted(files.items()):
         try:
             arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise DataError(f"cannot read {path}: {exc}", hint="expected a .npy written by numpy.save") from exc
     lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():

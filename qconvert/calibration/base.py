@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
-from qconvert.errors import DataError
+from qconvert.errors import DataError, UsageError
 from qconvert.model import TensorSpec
 
 Sample = dict[str, np.ndarray]
@@ -68,6 +69,11 @@ class CalibrationData:
     synthetic: bool = False
     ignore_keys: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UsageError(f"max_samples must be at least 1, got {self.max_samples}",
+                             hint="leave it unset to use every sample")
+
     def check(self) -> None:
         """Read the first sample and raise one error listing every mismatch with the model."""
         first = next(iter(self), None)
@@ -75,9 +81,8 @@ class CalibrationData:
             raise DataError(f"no samples in {self.description}", hint="point --calib at non-empty data")
 
     def __iter__(self) -> Iterator[Sample]:
-        for count, raw in enumerate(self.factory()):
-            if self.max_samples is not None and count >= self.max_samples:
-                return
+        # islice stops before asking for sample max_samples + 1: nothing past the cap is read.
+        for count, raw in enumerate(islice(self.factory(), self.max_samples)):
             problems = sample_mismatches(raw, self.specs, ignore=self.ignore_keys)
             if problems:
                 raise DataError(
