@@ -7,7 +7,6 @@ changed, so the quantize summary can report it and a pass that did nothing says 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,10 +58,10 @@ def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:
     Such an input is an overridable default; quantizers then refuse to treat it as a weight.
     """
     graph = model.graph
-    inits = {t.name for t in graph.initializer}
-    keep = [v for v in graph.input if v.name not in inits]
-    removed = len(graph.input) - len(keep)
+    removed = _initializer_inputs(model)
     if removed:
+        inits = {t.name for t in graph.initializer}
+        keep = [v for v in graph.input if v.name not in inits]
         del graph.input[:]
         graph.input.extend(keep)
     return PassResult("remove-initializer-inputs", removed)
@@ -101,6 +100,22 @@ def _constant_value(node: onnx.NodeProto, known: dict[str, onnx.TensorProto]) ->
     return None
 
 
+def _folds(graph: onnx.GraphProto) -> Iterator[tuple[int, onnx.TensorProto]]:
+    """(node index, value) for every node of `graph` that computes a constant weight."""
+    outputs = {v.name for v in graph.output}
+    known = {t.name: t for t in graph.initializer}
+    for index, node in enumerate(graph.node):
+        value = _constant_value(node, known) if len(node.output) == 1 and node.output[0] not in outputs else None
+        if value is not None:
+            known[node.output[0]] = value
+            yield index, value
+
+
+def _initializer_inputs(model: onnx.ModelProto) -> int:
+    inits = {t.name for t in model.graph.initializer}
+    return sum(v.name in inits for v in model.graph.input)
+
+
 def fold_constants(model: onnx.ModelProto) -> PassResult:
     """Turn Constant / ConstantOfShape / Identity-of-weight nodes into initializers, in every graph.
 
@@ -109,22 +124,16 @@ def fold_constants(model: onnx.ModelProto) -> PassResult:
     """
     folded = 0
     for graph in _graphs(model.graph):
-        outputs = {v.name for v in graph.output}
-        known = {t.name: t for t in graph.initializer}
-        keep = []
-        for node in graph.node:
-            value = _constant_value(node, known) if len(node.output) == 1 and node.output[0] not in outputs else None
-            if value is None:
-                keep.append(node)
-                continue
+        folds = dict(_folds(graph))
+        for index, value in folds.items():
             tensor = graph.initializer.add()
             tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            known[tensor.name] = tensor
-            folded += 1
-        if len(keep) != len(graph.node):
+            tensor.name = graph.node[index].output[0]
+        if folds:
+            keep = [node for index, node in enumerate(graph.node) if index not in folds]
             del graph.node[:]
             graph.node.extend(keep)
+            folded += len(folds)
     return PassResult("fold-constants", folded)
 
 
@@ -144,26 +153,26 @@ def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassResult]:
     return converted, PassResult("upgrade-opset", 1, f"opset {current} -> {MIN_OPSET}")
 
 
-def _optimize_and_infer(model: onnx.ModelProto, result: PrepareResult, *, optimize: bool) -> onnx.ModelProto:
+def _optimize_and_infer(model: onnx.ModelProto, dest: Path, result: PrepareResult, *, optimize: bool) -> bool:
     """onnxruntime's own pre-processing: symbolic shape inference, basic graph optimisation
     (constant folding, Conv+BatchNorm fusion, MatMul+Add → Gemm, opset < 10 upgrade) and ONNX
-    shape inference. Dynamic quantization skips the optimisation: it cannot quantize Gemm."""
-    import onnx
+    shape inference, written to `dest`. Dynamic quantization skips the optimisation: it cannot
+    quantize Gemm. False when it failed and nothing usable was written."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="qconvert-prep-") as tmp:
-        out = Path(tmp) / "prepared.onnx"
-        try:
-            quant_pre_process(model, out, auto_merge=True, skip_optimization=not optimize)
-            result.passes.append(PassResult("onnxruntime-pre-process", 1, "symbolic shapes, ONNX shapes" + (
-                ", basic graph optimisation" if optimize else "")))
-            return onnx.load(str(out))
-        except Exception as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            result.warnings.append(f"onnxruntime pre-processing failed ({first_line}); "
-                                   "used ONNX shape inference only")
-            log.debug("quant_pre_process failed", exc_info=True)
-    return _infer_shapes(model, result)
+    try:
+        quant_pre_process(model, dest, auto_merge=True, skip_optimization=not optimize,
+                          save_as_external_data=True, all_tensors_to_one_file=True,
+                          external_data_location=_sidecar(dest))
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        result.warnings.append(f"onnxruntime pre-processing failed ({first_line}); "
+                               "used ONNX shape inference only")
+        log.debug("quant_pre_process failed", exc_info=True)
+        return False
+    result.passes.append(PassResult("onnxruntime-pre-process", 1, "symbolic shapes, ONNX shapes" + (
+        ", basic graph optimisation" if optimize else "")))
+    return True
 
 
 def _infer_shapes(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelProto:
@@ -178,11 +187,35 @@ def _infer_shapes(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelPr
         return model
 
 
-def prepare(model: onnx.ModelProto, *, optimize: bool = True) -> tuple[onnx.ModelProto, PrepareResult]:
-    """Run every pre-processing pass; the input proto is modified in place and may be returned.
+def _sidecar(dest: Path) -> str:
+    return dest.name + ".data"
+
+
+def save_with_sidecar(model: onnx.ModelProto, dest: Path) -> None:
+    """Save `model` to `dest` with every weight in one `<dest>.data` file beside it (any size, even > 2 GB)."""
+    import onnx
+
+    onnx.save_model(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=_sidecar(dest), convert_attribute=False)
+
+
+def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True,
+            optimize: bool = True) -> tuple[onnx.ModelProto, PrepareResult]:
+    """Write the model, pre-processed when `enabled`, to `dest` (weights in a `.data` file beside it)
+    and return its graph without weight data, for planning. `model` itself is never modified: it is
+    copied only when a fix-up pass has something to change.
 
     `optimize` adds onnxruntime's basic graph optimisation (right for static QDQ)."""
+    import onnx
+
     result = PrepareResult()
+    if not enabled:
+        save_with_sidecar(model, dest)
+        return onnx.load(str(dest), load_external_data=False), result
+    if _initializer_inputs(model) or any(True for g in _graphs(model.graph) for _ in _folds(g)):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
     result.passes.append(remove_initializer_inputs(model))
     result.passes.append(fold_constants(model))
     try:
@@ -193,5 +226,7 @@ def prepare(model: onnx.ModelProto, *, optimize: bool = True) -> tuple[onnx.Mode
                                "per-channel quantization may fail")
     if model_nbytes(model) >= PROTOBUF_LIMIT:
         result.warnings.append("model over 2 GB: skipped onnxruntime graph optimisation and shape inference")
-        return model, result
-    return _optimize_and_infer(model, result, optimize=optimize), result
+        save_with_sidecar(model, dest)
+    elif not _optimize_and_infer(model, dest, result, optimize=optimize):
+        save_with_sidecar(_infer_shapes(model, result), dest)
+    return onnx.load(str(dest), load_external_data=False), result

@@ -319,27 +319,18 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     subgraphs = config.subgraphs if config.subgraphs is not None else has_subgraphs(loaded.proto)
 
     started = time.perf_counter()
-    proto = loaded.proto
-    prep = None
-    if config.preprocess:
-        proto_copy = onnx.ModelProto()
-        proto_copy.CopyFrom(proto)
-        with quiet_onnxruntime():
-            proto, prep = prepare(proto_copy, optimize=mode is Mode.STATIC)
-        warnings.extend(prep.warnings)
-    external = loaded.uses_external_data or model_nbytes(proto) >= PROTOBUF_LIMIT
-    the_plan = plan(proto, mode, config, subgraphs)
-    if mode is Mode.STATIC and subgraphs and the_plan.subgraph_candidates:
-        warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
-                        "dynamically (integer ops), the main graph statically")
-    prepare_seconds = time.perf_counter() - started
-
+    external = loaded.uses_external_data or model_nbytes(loaded.proto) >= PROTOBUF_LIMIT
     with staging_dir(out) as work:
+        # The prepared model keeps its weights in a sidecar: planning reads only the graph.
         src = work / "prepared.onnx"
-        if external:
-            onnx.save_model(proto, str(src), save_as_external_data=True, location="prepared.onnx.data")
-        else:
-            onnx.save_model(proto, str(src))
+        with quiet_onnxruntime():
+            proto, prep = prepare(loaded.proto, src, enabled=config.preprocess, optimize=mode is Mode.STATIC)
+        warnings.extend(prep.warnings)
+        the_plan = plan(proto, mode, config, subgraphs)
+        if mode is Mode.STATIC and subgraphs and the_plan.subgraph_candidates:
+            warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
+                            "dynamically (integer ops), the main graph statically")
+        prepare_seconds = time.perf_counter() - started
         staged = work / out.name
         calib_seconds, samples = 0.0, 0
         t0 = time.perf_counter()
@@ -383,7 +374,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         data=data.to_dict() if data else None, calibration_samples=samples,
         op_types=result_ops, skipped=skipped, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
         prepare_seconds=prepare_seconds, calibration_seconds=calib_seconds, quantization_seconds=quant_seconds,
-        preprocess=prep.to_dict() if prep else None,
+        preprocess=prep.to_dict() if config.preprocess else None,
         warnings=warnings + (["synthetic calibration data: a smoke run, not a real calibration"]
                              if data is not None and data.synthetic else []),
     )

@@ -287,3 +287,12 @@ def test_old_opset_models_are_upgraded_and_quantized(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot load"):
         quantize(src, raw, _data(src, "synthetic"), config=QuantizeConfig(preprocess=False))
     assert not raw.exists()
+
+
+@pytest.mark.parametrize("build", [models.initializers_as_inputs, models.constant_weights, models.mlp])
+def test_the_loaded_model_is_left_as_it_was(build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pre-processing fixes a copy: a LoadedModel the caller holds (and reuses) stays the model on disk."""
+    loaded = load_model(models.save(build(), tmp_path / "m.onnx"))
+    before = loaded.proto.SerializeToString()
+    quantize(loaded, tmp_path / "q.onnx")
+    assert loaded.proto.SerializeToString() == before
