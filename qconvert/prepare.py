@@ -56,6 +56,8 @@ def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:
     """Drop graph inputs that are also initializers (Paddle, Caffe2, IR<4 exporters).
 
     Such an input is an overridable default; quantizers then refuse to treat it as a weight.
+    IR 3 requires every initializer to be a graph input, so the model moves to IR 4, which
+    reads the same opsets.
     """
     graph = model.graph
     removed = _initializer_inputs(model)
@@ -64,6 +66,7 @@ def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:
         keep = [v for v in graph.input if v.name not in inits]
         del graph.input[:]
         graph.input.extend(keep)
+        model.ir_version = max(model.ir_version, 4)
     return PassResult("remove-initializer-inputs", removed)
 
 
@@ -150,6 +153,9 @@ def upgrade_opset(model: onnx.ModelProto) -> tuple[onnx.ModelProto, PassResult]:
     if current >= MIN_OPSET:
         return model, PassResult("upgrade-opset", 0)
     converted = onnx.version_converter.convert_version(model, MIN_OPSET)
+    # The converter keeps the old IR version; onnxruntime rejects opset 13 below IR 7.
+    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(
+        list(converted.opset_import), ignore_unknown=True))
     return converted, PassResult("upgrade-opset", 1, f"opset {current} -> {MIN_OPSET}")
 
 

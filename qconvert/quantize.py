@@ -233,9 +233,13 @@ def _calibrate(model_path: Path, work: Path, data: CalibrationData, plan_: Plan,
     options: dict[str, Any] = {"symmetric": config.symmetric_activations}
     if config.method is CalibrationMethod.PERCENTILE:
         options["percentile"] = config.percentile
-    calibrator = create_calibrator(model_path, plan_.op_types, augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=_ort_method(config.method), use_external_data_format=external,
-                                   extra_options=options)
+    try:
+        calibrator = create_calibrator(model_path, plan_.op_types, augmented_model_path=str(work / "augmented.onnx"),
+                                       calibrate_method=_ort_method(config.method), use_external_data_format=external,
+                                       extra_options=options)
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot run the model to calibrate it: {_first_line(exc)}",
+                         hint="check that onnxruntime runs the FP32 model; try --no-preprocess") from exc
     reader = _Reader(data)
     try:
         calibrator.collect_data(reader)

@@ -165,3 +165,49 @@ def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return [np.asarray(o) for o in session.run(None, feeds)]
+
+
+LEGACY_ZOO = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+def legacy_zoo(name: str, seed: int = 0) -> onnx.ModelProto:
+    """A Caffe2-era model-zoo export shipped inside the onnx wheel (IR 3, opset 9, initializers
+    listed as graph inputs, weights produced by ConstantOfShape nodes), with its constant-filled
+    weights swapped for seeded random ones so outputs mean something. The structure is the
+    exporter's: the weights are still produced by nodes, now Constant nodes. The final Softmax
+    is dropped: with random weights it saturates or goes flat, and the logits are what to compare."""
+    model = onnx.load(str(LEGACY_ZOO / f"light_{name}.onnx"))
+    rng = np.random.default_rng(seed)
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "ConstantOfShape":
+            continue
+        fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), None)
+        if fill is None or fill.dtype != np.float32:
+            continue
+        shape = tuple(int(d) for d in numpy_helper.to_array(inits[node.input[0]]))
+        if len(shape) > 1:  # conv / fc weights: He-normal over the fan-in keeps activations in scale
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(1, int(np.prod(shape[1:]))))
+        else:  # biases, batch-norm scale / mean / variance: positive and near 1
+            value = rng.uniform(0.5, 1.5, shape)
+        shape_name = node.input[0]
+        del node.input[:]
+        del node.attribute[:]
+        node.op_type = "Constant"
+        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(value.astype(np.float32))))
+        _drop_initializer(model.graph, shape_name)
+    last = model.graph.node[-1]
+    if last.op_type == "Softmax":
+        producer = next(n for n in model.graph.node if last.input[0] in n.output)
+        producer.output[list(producer.output).index(last.input[0])] = last.output[0]
+        model.graph.node.remove(last)
+    return model
+
+
+def _drop_initializer(graph: onnx.GraphProto, name: str) -> None:
+    keep = [t for t in graph.initializer if t.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    inputs = [v for v in graph.input if v.name != name]
+    del graph.input[:]
+    graph.input.extend(inputs)

@@ -187,3 +187,16 @@ def test_installed_entry_point_runs(mlp: Path, tmp_path: Path) -> None:
     proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.onnx")],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and proc.stdout == "" and "model not found" in proc.stderr
+
+
+def test_caffe2_export_as_shipped_quantizes(tmp_path: Path) -> None:
+    """onnx's light SqueezeNet exactly as the wheel ships it: IR 3, opset 9, initializers as
+    inputs, weights from ConstantOfShape nodes."""
+    out = tmp_path / "q.onnx"
+    source = models.LEGACY_ZOO / "light_squeezenet.onnx"
+    before = source.read_bytes()
+    code, stdout, stderr = _run("quantize", source, "-o", out, "--mode", "dynamic", "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["op_types"]["Conv"] == {"quantized": 26, "candidates": 26}
+    assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"ConvInteger", "DynamicQuantizeLinear"}
+    assert source.read_bytes() == before
