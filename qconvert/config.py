@@ -93,6 +93,7 @@ class DataConfig:
     layout: Layout | None = None
     ignore_keys: tuple[str, ...] = field(default=())
     seed: int = 0
+    labels: str | None = None  # key of per-sample class labels stored beside the inputs (evaluation)
 
     def shape_overrides(self) -> dict[str, tuple[int, ...]]:
         return dict(self.shapes)

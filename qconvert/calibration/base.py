@@ -68,6 +68,7 @@ class CalibrationData:
     max_samples: int | None = None
     synthetic: bool = False
     ignore_keys: tuple[str, ...] = ()
+    label_key: str | None = None  # a key carried beside the inputs, never fed to the model
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -75,15 +76,21 @@ class CalibrationData:
                              hint="leave it unset to use every sample")
 
     def check(self) -> None:
-        """Read the first sample and raise one error listing every mismatch with the model."""
-        first = next(iter(self), None)
+        """Read the first sample (and its label) and raise one error listing every mismatch with the model."""
+        first = next(self.labelled(), None)
         if first is None:
             raise DataError(f"no samples in {self.description}", hint="point --calib at non-empty data")
 
     def __iter__(self) -> Iterator[Sample]:
+        for sample, _ in self.labelled():
+            yield sample
+
+    def labelled(self) -> Iterator[tuple[Sample, np.ndarray | None]]:
+        """Samples with their labels (None when no `label_key` was given)."""
+        ignore = (*self.ignore_keys, self.label_key) if self.label_key else self.ignore_keys
         # islice stops before asking for sample max_samples + 1: nothing past the cap is read.
         for count, raw in enumerate(islice(self.factory(), self.max_samples)):
-            problems = sample_mismatches(raw, self.specs, ignore=self.ignore_keys)
+            problems = sample_mismatches(raw, self.specs, ignore=ignore)
             if problems:
                 raise DataError(
                     f"{self.description}: sample {count} does not match the model's inputs",
@@ -92,11 +99,18 @@ class CalibrationData:
                 )
             sample: Sample = {s.name: np.asarray(raw[s.name]) for s in self.specs}
             check_finite(sample, count)
-            yield sample
+            label = None
+            if self.label_key:
+                if self.label_key not in raw:
+                    raise DataError(f"{self.description}: sample {count} has no labels {self.label_key!r}",
+                                    hint=f"store the labels under {self.label_key!r} beside the inputs "
+                                         f"(keys found: {', '.join(sorted(map(str, raw)))})")
+                label = np.asarray(raw[self.label_key])
+            yield sample, label
 
     def count(self) -> int:
         return sum(1 for _ in self)
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "source": self.description, "synthetic": self.synthetic,
-                "max_samples": self.max_samples}
+                "max_samples": self.max_samples, "labels": self.label_key}

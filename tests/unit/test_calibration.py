@@ -722,3 +722,17 @@ def test_iterating_twice_yields_the_same_samples(tmp_path: Path, kind: str) -> N
         for name in a:
             np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(first[0][specs[0].name], first[1][specs[0].name])
+
+
+def test_labels_ride_beside_the_inputs_and_are_never_fed(tmp_path: Path) -> None:
+    path = tmp_path / "eval.npz"
+    np.savez(path, x=np.zeros((3, 4), np.float32), labels=np.array([2, 0, 1]))
+    spec = [TensorSpec("x", np.dtype(np.float32), ("batch", 4))]
+    data = open_data(DataConfig(str(path), labels="labels"), spec)
+    pairs = list(data.labelled())
+    assert [int(label[0]) for _, label in pairs] == [2, 0, 1]  # type: ignore[index]
+    assert all(set(sample) == {"x"} for sample, _ in pairs) and all(set(s) == {"x"} for s in data)
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=np.zeros((3, 4), np.float32))
+    with pytest.raises(DataError, match="no labels 'labels'"):
+        open_data(DataConfig(str(unlabelled), labels="labels"), spec)
