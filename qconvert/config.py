@@ -70,10 +70,14 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     subgraphs: bool | None = None
     preprocess: bool = True
+    # Inputs made static in the output (NPU providers such as QNN run only static shapes).
+    fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
-                for k, v in asdict(self).items()}
+        d = {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
+             for k, v in asdict(self).items()}
+        d["fixed_shapes"] = {name: list(dims) for name, dims in self.fixed_shapes}
+        return d
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qconvert.errors import UsageError
 from qconvert.model import PROTOBUF_LIMIT, model_nbytes
 
 if TYPE_CHECKING:
@@ -140,6 +141,23 @@ def fold_constants(model: onnx.ModelProto) -> PassResult:
     return PassResult("fold-constants", folded)
 
 
+def fix_input_shapes(model: onnx.ModelProto, shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> PassResult:
+    """Make the named inputs static, and every dim that shares their symbolic names."""
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    names = {v.name for v in model.graph.input}
+    for name, dims in shapes:
+        if name not in names:
+            raise UsageError(f"--fix-shape {name}: the model has no input {name!r}",
+                             hint=f"inputs: {', '.join(sorted(names))}")
+        try:
+            make_input_shape_fixed(model.graph, name, list(dims))
+        except ValueError as exc:
+            raise UsageError(f"--fix-shape {name}={','.join(map(str, dims))}: {exc}",
+                             hint="give one positive size per dim; fixed dims must keep their size") from exc
+    return PassResult("fix-input-shapes", len(shapes), ", ".join(f"{n}={list(d)}" for n, d in shapes))
+
+
 # QuantizeLinear/DequantizeLinear need opset 10 and their per-channel `axis` opset 13;
 # onnxruntime's quantizer upgrades old models only to 11 and then writes invalid per-channel nodes.
 MIN_OPSET = 13
@@ -205,23 +223,27 @@ def save_with_sidecar(model: onnx.ModelProto, dest: Path) -> None:
                     location=_sidecar(dest), convert_attribute=False)
 
 
-def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True,
-            optimize: bool = True) -> tuple[onnx.ModelProto, PrepareResult]:
+def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True, optimize: bool = True,
+            fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> tuple[onnx.ModelProto, PrepareResult]:
     """Write the model, pre-processed when `enabled`, to `dest` (weights in a `.data` file beside it)
     and return its graph without weight data, for planning. `model` itself is never modified: it is
     copied only when a fix-up pass has something to change.
 
-    `optimize` adds onnxruntime's basic graph optimisation (right for static QDQ)."""
+    `optimize` adds onnxruntime's basic graph optimisation (right for static QDQ); `fixed_shapes`
+    makes those inputs static, with or without the other passes."""
     import onnx
 
     result = PrepareResult()
-    if not enabled:
-        save_with_sidecar(model, dest)
-        return onnx.load(str(dest), load_external_data=False), result
-    if _initializer_inputs(model) or any(True for g in _graphs(model.graph) for _ in _folds(g)):
+    if fixed_shapes or (enabled and (_initializer_inputs(model)
+                                     or any(True for g in _graphs(model.graph) for _ in _folds(g)))):
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         model = copy
+    if fixed_shapes:
+        result.passes.append(fix_input_shapes(model, fixed_shapes))
+    if not enabled:
+        save_with_sidecar(model, dest)
+        return onnx.load(str(dest), load_external_data=False), result
     result.passes.append(remove_initializer_inputs(model))
     result.passes.append(fold_constants(model))
     try:

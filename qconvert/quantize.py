@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from qconvert.calibration import CalibrationData
 from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, WeightType
-from qconvert.errors import DataError, ModelError, NothingQuantizedError, UsageError
+from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, UsageError
 from qconvert.model import (
     PROTOBUF_LIMIT,
     LoadedModel,
@@ -328,7 +328,8 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         # The prepared model keeps its weights in a sidecar: planning reads only the graph.
         src = work / "prepared.onnx"
         with quiet_onnxruntime():
-            proto, prep = prepare(loaded.proto, src, enabled=config.preprocess, optimize=mode is Mode.STATIC)
+            proto, prep = prepare(loaded.proto, src, enabled=config.preprocess, optimize=mode is Mode.STATIC,
+                                  fixed_shapes=config.fixed_shapes)
         warnings.extend(prep.warnings)
         the_plan = plan(proto, mode, config, subgraphs)
         if mode is Mode.STATIC and subgraphs and the_plan.subgraph_candidates:
@@ -341,10 +342,15 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         with quiet_onnxruntime():
             if mode is Mode.STATIC:
                 assert data is not None
-                cache, samples = _calibrate(src, work, data, the_plan, config, external)
-                calib_seconds = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                _run_static(src, staged, cache, the_plan, config, external)
+                if _reads_calibration_cache():
+                    cache, samples = _calibrate(src, work, data, the_plan, config, external)
+                    calib_seconds = time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    _run_static(src, staged, cache, the_plan, config, external)
+                else:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate inside quantize_static
+                    reader = _Reader(data)
+                    _run_static(src, staged, reader, the_plan, config, external)
+                    samples = reader.count
             else:
                 _run_dynamic(src, staged, the_plan, config, external, the_plan.nodes_to_exclude)
         quant_seconds = time.perf_counter() - t0
@@ -378,27 +384,43 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         data=data.to_dict() if data else None, calibration_samples=samples,
         op_types=result_ops, skipped=skipped, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
         prepare_seconds=prepare_seconds, calibration_seconds=calib_seconds, quantization_seconds=quant_seconds,
-        preprocess=prep.to_dict() if config.preprocess else None,
+        preprocess=prep.to_dict() if config.preprocess or config.fixed_shapes else None,
         warnings=warnings + (["synthetic calibration data: a smoke run, not a real calibration"]
                              if data is not None and data.synthetic else []),
     )
 
 
-def _run_static(src: Path, staged: Path, cache: Path, plan_: Plan, config: QuantizeConfig, external: bool) -> None:
+def _reads_calibration_cache() -> bool:
+    """Whether quantize_static takes saved ranges (1.32 does, 1.24 does not), so calibration can be ours."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _run_static(src: Path, staged: Path, calibration: Path | _Reader, plan_: Plan, config: QuantizeConfig,
+                external: bool) -> None:
+    """QDQ-quantize from the ranges cached at `calibration`, or by calibrating on that reader."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     static_out = staged.with_name("static-" + staged.name) if plan_.subgraph_candidates and plan_.subgraphs else staged
     try:
         quantize_static(
-            str(src), str(static_out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            str(src), str(static_out), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=plan_.op_types, per_channel=config.per_channel,
             reduce_range=config.reduce_range, activation_type=_quant_type(config.activations),
             weight_type=_quant_type(config.weights), nodes_to_exclude=plan_.nodes_to_exclude,
             use_external_data_format=external, calibrate_method=_ort_method(config.method),
             extra_options=_extra_options(config, Mode.STATIC, subgraphs=False),
-            calibration_cache_path=str(cache),
+            **({"calibration_data_reader": calibration} if isinstance(calibration, _Reader)
+               else {"calibration_data_reader": None, "calibration_cache_path": str(calibration)}),
         )
+    except QconvertError:  # the data reader's own errors
+        raise
     except Exception as exc:
+        if isinstance(calibration, _Reader) and calibration.count == 0:
+            raise DataError("no calibration samples", hint="give non-empty data") from exc
         raise ModelError(f"onnxruntime could not quantize the model: {_first_line(exc)}",
                          hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
     if static_out != staged:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qconvert.providers import Placement
 
 SCHEMA_VERSION = 1
 
 
 def versions() -> dict[str, str]:
-    """Versions of qconvert and the libraries that decide its output."""
+    """Versions of qconvert and the libraries that decide its output; a replacement onnxruntime
+    build (onnxruntime-openvino, …) is named beside its version."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from qconvert.runtime import onnxruntime_distribution
+
+    runtime = onnxruntime_distribution()
     found = {}
-    for dist in ("qconvert", "onnx", "onnxruntime", "numpy"):
+    for key, dist in (("qconvert", "qconvert"), ("onnx", "onnx"), ("onnxruntime", runtime), ("numpy", "numpy")):
         try:
-            found[dist] = version(dist)
+            found[key] = version(dist) + ("" if dist == key else f" ({dist})")
         except PackageNotFoundError:
-            found[dist] = "not installed"
+            found[key] = "not installed"
     return found
 
 
@@ -130,4 +139,159 @@ class QuantizeResult:
             "calibration": {**(self.data or {}), "samples": self.calibration_samples} if self.data else None,
             "preprocess": self.preprocess,
             "config": self.config, "warnings": list(self.warnings), "versions": self.versions,
+        }
+
+
+def number(value: float | None, digits: int = 6) -> float | None:
+    """A float for JSON: rounded, and None for NaN/Inf (JSON has neither)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits)
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """How far one output of the quantized model is from FP32, over every evaluation sample."""
+
+    name: str
+    samples: int
+    mean_cosine: float
+    worst_cosine: float
+    worst_sample: int
+    max_abs_error: float
+    mean_abs_error: float
+    mse: float
+    sqnr_db: float  # inf when identical; NaN when the quantized output is not finite
+    non_finite: int  # NaN/Inf values in the quantized output
+    top1_agreement: float | None  # share of rows whose argmax matches FP32, for [batch, classes] outputs
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name, "samples": self.samples, "mean_cosine": number(self.mean_cosine),
+            "worst_cosine": number(self.worst_cosine), "worst_sample": self.worst_sample,
+            "max_abs_error": number(self.max_abs_error), "mean_abs_error": number(self.mean_abs_error),
+            "mse": number(self.mse, 9), "sqnr_db": number(self.sqnr_db, 3),
+            "identical": self.sqnr_db == math.inf, "non_finite": self.non_finite,
+            "top1_agreement": number(self.top1_agreement),
+        }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One threshold and whether the measured value met it."""
+
+    name: str
+    threshold: float
+    value: float
+    passed: bool
+    output: str | None = None  # the output it was judged on (its worst), when per-output
+
+    def describe(self) -> str:
+        where = f" ({self.output})" if self.output else ""
+        relation = "<=" if self.name.startswith("max") else ">="
+        verdict = "meets" if self.passed else "misses"
+        return f"{self.name}{where}: {self.value:.4g} {verdict} {relation} {self.threshold:g}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "threshold": self.threshold, "value": number(self.value),
+                "passed": self.passed, "output": self.output}
+
+
+def provider_gates(placement: Placement | None, path: str) -> list[Gate]:
+    """A run whose provider took no node fails whatever its numbers: a CPU figure must never pass
+    for an NPU one."""
+    if placement is None or not placement.all_on_cpu:
+        return []
+    return [Gate("min_provider_nodes", 1, placement.nodes_on_provider, False, path)]
+
+
+class _Gated:
+    """A result judged by gates: it passes when every gate does."""
+
+    gates: list[Gate]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passed]
+
+    def raise_for_gates(self) -> None:
+        """Raise GateFailedError listing every missed gate (like requests' raise_for_status)."""
+        from qconvert.errors import GateFailedError
+
+        failed = self.failed_gates()
+        if failed:
+            raise GateFailedError(f"{len(failed)} of {len(self.gates)} gate(s) failed",
+                                  hint="see the gates above; the result itself is complete",
+                                  details=tuple(g.describe() for g in failed))
+
+
+@dataclass
+class ValidateResult(_Gated):
+    fp32_path: str
+    quantized_path: str
+    data: dict[str, object]
+    samples: int
+    ep: dict[str, object]
+    outputs: list[OutputMetrics]
+    fp32_accuracy: float | None
+    quantized_accuracy: float | None
+    accuracy_drop: float | None  # points
+    gates: list[Gate]
+    placement: Placement | None = None  # of the quantized model, off the CPU provider
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION, "command": "validate",
+            "fp32": self.fp32_path, "quantized": self.quantized_path, "data": self.data, "samples": self.samples,
+            "ep": self.ep, "placement": self.placement.to_dict() if self.placement else None,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "accuracy": None if self.fp32_accuracy is None else {
+                "fp32_top1": number(self.fp32_accuracy), "quantized_top1": number(self.quantized_accuracy),
+                "drop_points": number(self.accuracy_drop, 3)},
+            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
+        }
+
+
+@dataclass
+class Latency:
+    """One model's timings (milliseconds per batch) and, off the CPU provider, its placement."""
+
+    path: str
+    runs: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    throughput: float  # samples per second at the benchmark's batch size
+    speedup: float  # median latency of the first model / this model's
+    placement: Placement | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path, "runs": self.runs, "mean_ms": number(self.mean_ms, 4), "p50_ms": number(self.p50_ms, 4),
+            "p90_ms": number(self.p90_ms, 4), "p99_ms": number(self.p99_ms, 4), "min_ms": number(self.min_ms, 4),
+            "throughput_per_s": number(self.throughput, 2), "speedup_vs_first": number(self.speedup, 4),
+            "placement": self.placement.to_dict() if self.placement else None,
+        }
+
+
+@dataclass
+class BenchmarkResult(_Gated):
+    models: list[Latency]
+    config: dict[str, object]
+    provider: str
+    gates: list[Gate]
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION, "command": "benchmark", "provider": self.provider,
+            "config": self.config, "models": [m.to_dict() for m in self.models],
+            "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
+            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }

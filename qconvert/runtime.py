@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -33,3 +35,18 @@ def quiet_onnxruntime() -> Iterator[None]:
             os.dup2(saved_fd, 1)
             os.close(saved_fd)
         root.setLevel(level)
+
+
+def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
+    """Name, type and rank of each onnxruntime NodeArg (session inputs or outputs): what two models
+    must share to be fed the same data."""
+    return [(a.name, a.type, None if a.shape is None else len(a.shape)) for a in args]
+
+
+@functools.cache
+def onnxruntime_distribution() -> str:
+    """The package that installed the `onnxruntime` module: `onnxruntime`, or a build such as
+    `onnxruntime-openvino` or `onnxruntime-gpu` that replaces it."""
+    from importlib.metadata import packages_distributions
+
+    return (packages_distributions().get("onnxruntime") or ["onnxruntime"])[0]

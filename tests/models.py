@@ -211,3 +211,21 @@ def _drop_initializer(graph: onnx.GraphProto, name: str) -> None:
     inputs = [v for v in graph.input if v.name != name]
     del graph.input[:]
     graph.input.extend(inputs)
+
+
+def mlp_variant(kind: str, seed: int = 0) -> onnx.ModelProto:
+    """mlp() with the same signature but a changed output: 'nan' (all NaN), 'zero' (all zeros),
+    'scaled' (times 0.5), 'fp16' (cast to float16: only the dtype differs)."""
+    model = mlp(seed)
+    graph = model.graph
+    mm2 = next(n for n in graph.node if n.name == "mm2")
+    mm2.output[0] = "y_raw"
+    if kind == "fp16":
+        graph.node.append(helper.make_node("Cast", ["y_raw"], ["y"], name="to_fp16", to=TensorProto.FLOAT16))
+        graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    else:
+        factor = {"nan": np.nan, "zero": 0.0, "scaled": 0.5}[kind]
+        graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "factor"))
+        graph.node.append(helper.make_node("Mul", ["y_raw", "factor"], ["y"], name="post"))
+    onnx.checker.check_model(model)
+    return model

@@ -86,5 +86,8 @@ def main() -> None:
 
 
 # Importing the command modules registers them on `app`.
+from qconvert.cli import benchmark_cmd as _benchmark_cmd  # noqa: E402,F401
 from qconvert.cli import inspect_cmd as _inspect_cmd  # noqa: E402,F401
+from qconvert.cli import providers_cmd as _providers_cmd  # noqa: E402,F401
 from qconvert.cli import quantize_cmd as _quantize_cmd  # noqa: E402,F401
+from qconvert.cli import validate_cmd as _validate_cmd  # noqa: E402,F401

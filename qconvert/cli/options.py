@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from qconvert.config import DataConfig, Layout
 from qconvert.errors import UsageError
+
+if TYPE_CHECKING:
+    from qconvert.providers import EPConfig
 
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model file.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -21,6 +25,27 @@ ImageSizeOpt = Annotated[str | None, typer.Option(
     "--image-size", help="Image folders: resize to H,W (or one number for square).", show_default=False)]
 MeanOpt = Annotated[str, typer.Option("--mean", help="Image folders: per-channel mean after scaling to [0,1].")]
 StdOpt = Annotated[str, typer.Option("--std", help="Image folders: per-channel std after scaling to [0,1].")]
+LayoutOpt = Annotated[Layout | None, typer.Option(help="Image folders: tensor layout [default: from the model].",
+                                                  show_default=False)]
+EpOpt = Annotated[str, typer.Option(
+    "--ep", help="Execution provider: cpu, openvino, qnn, vitisai, dml, coreml, … (see `qconvert providers`).")]
+EpOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--ep-option", help="Provider option KEY=VALUE, e.g. device_type=NPU (repeatable).", show_default=False)]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads (1 is the reproducible choice).")]
+LabelsOpt = Annotated[str | None, typer.Option(
+    "--labels", help="Key of the class labels stored beside the inputs (npz): adds top-1 accuracy of both.",
+    show_default=False)]
+MinCosineOpt = Annotated[float | None, typer.Option(
+    "--min-cosine", help="Gate: mean cosine similarity to FP32, every output.", show_default=False)]
+MaxDropOpt = Annotated[float | None, typer.Option(
+    "--max-drop", help="Gate: top-1 accuracy drop in points (needs --labels).", show_default=False)]
+MinSqnrOpt = Annotated[float | None, typer.Option(
+    "--min-sqnr", help="Gate: signal-to-quantization-noise ratio in dB, every output.", show_default=False)]
+RunsOpt = Annotated[int | None, typer.Option(
+    "--runs", min=1, help="Timed runs per model [default: 100].", show_default=False)]
+MinSpeedupOpt = Annotated[float | None, typer.Option(
+    "--min-speedup", help="Gate: every model after the first must be this many times faster.",
+    show_default=False)]
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -43,13 +68,13 @@ def parse_floats(text: str, what: str) -> tuple[float, ...]:
     return values
 
 
-def parse_shapes(items: list[str] | None) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def parse_shapes(items: list[str] | None, flag: str = "--shape") -> tuple[tuple[str, tuple[int, ...]], ...]:
     shapes = []
     for item in items or []:
         name, sep, dims = item.rpartition("=")
         if not sep or not name:
-            raise UsageError(f"--shape {item!r}: expected NAME=D0,D1,…", hint="e.g. --shape image=1,3,224,224")
-        shapes.append((name, parse_ints(dims, f"--shape {name}")))
+            raise UsageError(f"{flag} {item!r}: expected NAME=D0,D1,…", hint=f"e.g. {flag} image=1,3,224,224")
+        shapes.append((name, parse_ints(dims, f"{flag} {name}")))
     return tuple(shapes)
 
 
@@ -62,3 +87,24 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     if len(dims) == 2:
         return dims[0], dims[1]
     raise UsageError(f"--image-size: expected H,W or one number, got {text!r}")
+
+
+def ep_config(provider: str, items: list[str] | None, threads: int) -> EPConfig:
+    """The EPConfig behind --ep, --ep-option KEY=VALUE (repeatable) and --threads."""
+    from qconvert.providers import EPConfig
+
+    options = []
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--ep-option {item!r}: expected KEY=VALUE", hint="e.g. --ep-option device_type=CPU")
+        options.append((key.strip(), value.strip()))
+    return EPConfig(provider=provider, options=tuple(options), threads=threads)
+
+
+def data_config(source: str, *, samples: int | None, shape: list[str] | None, image_size: str | None,
+                mean: str, std: str, layout: Layout | None, labels: str | None = None) -> DataConfig:
+    """The DataConfig behind every command that reads samples (--calib, --data)."""
+    return DataConfig(source=source, max_samples=samples, shapes=parse_shapes(shape),
+                      image_size=parse_image_size(image_size), mean=parse_floats(mean, "--mean"),
+                      std=parse_floats(std, "--std"), layout=layout, labels=labels)

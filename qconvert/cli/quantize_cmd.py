@@ -7,21 +7,30 @@ from typing import Annotated
 
 import typer
 
+from qconvert.cli import options
 from qconvert.cli.app import command
 from qconvert.cli.options import (
     CalibSamplesOpt,
+    EpOpt,
+    EpOptionOpt,
     ForceOpt,
     ImageSizeOpt,
     JsonOpt,
+    LabelsOpt,
+    LayoutOpt,
+    MaxDropOpt,
     MeanOpt,
+    MinCosineOpt,
+    MinSpeedupOpt,
+    MinSqnrOpt,
     ModelArg,
+    RunsOpt,
     ShapeOpt,
     StdOpt,
-    parse_floats,
-    parse_image_size,
-    parse_shapes,
+    ThreadsOpt,
 )
-from qconvert.config import ActivationType, CalibrationMethod, Layout, Mode, WeightType
+from qconvert.config import ActivationType, CalibrationMethod, Mode, WeightType
+from qconvert.errors import UsageError
 
 
 @command("quantize")
@@ -59,42 +68,79 @@ def quantize(
         show_default=False)] = None,
     preprocess: Annotated[bool, typer.Option(
         "--preprocess/--no-preprocess", help="Shape inference, constant folding, initializer fixes first.")] = True,
+    fix_shape: Annotated[list[str] | None, typer.Option(
+        "--fix-shape", help="Make an input static in the output, e.g. image=1,3,224,224 (NPU providers need "
+                            "static shapes; repeatable).", show_default=False)] = None,
     calib_samples: CalibSamplesOpt = None,
     shape: ShapeOpt = None,
     image_size: ImageSizeOpt = None,
     mean: MeanOpt = "0",
     std: StdOpt = "1",
-    layout: Annotated[Layout | None, typer.Option(help="Image folders: tensor layout [default: from the model].",
-                                                  show_default=False)] = None,
+    layout: LayoutOpt = None,
     force: ForceOpt = False,
+    validate_data: Annotated[str | None, typer.Option(
+        "--validate", help="Then validate against FP32 on this data (read like --calib).",
+        show_default=False, rich_help_panel="Then")] = None,
+    labels: LabelsOpt = None,
+    min_cosine: MinCosineOpt = None,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: MinSqnrOpt = None,
+    then_benchmark: Annotated[bool, typer.Option(
+        "--benchmark", help="Then time FP32 against the quantized model, interleaved.",
+        rich_help_panel="Then")] = False,
+    runs: RunsOpt = None,
+    min_speedup: MinSpeedupOpt = None,
+    ep: EpOpt = "cpu",
+    ep_option: EpOptionOpt = None,
+    threads: ThreadsOpt = 1,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write the JSON result (all steps) to this file.", show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize a model: static QDQ with calibration data, or dynamic."""
-    from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data
-    from qconvert import quantize as run_quantize
+    """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate and
+    benchmark it against FP32 in the same run (exit 3 when a gate fails)."""
+    from qconvert import QuantizeConfig, input_specs, load_model, open_data
+    from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
+    from qconvert.pipeline import quantize_and_measure, write_report
+    from qconvert.validate import Gates, ValidateConfig
 
     config = QuantizeConfig(
         mode=mode, activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
         symmetric_activations=symmetric_activations, symmetric_weights=symmetric_weights, method=method,
         percentile=percentile, op_types=_split(op_types), exclude_op_types=_split(exclude_op_types),
         exclude_nodes=tuple(exclude_nodes or ()), subgraphs=subgraphs, preprocess=preprocess,
+        fixed_shapes=options.parse_shapes(fix_shape, "--fix-shape"),
     )
+    # Synthetic data for a model made static takes the fixed shapes unless --shape says otherwise.
+    shape = shape or fix_shape
     data_config = None
     if calib is not None:
-        data_config = DataConfig(
-            source=calib, max_samples=calib_samples, shapes=parse_shapes(shape),
-            image_size=parse_image_size(image_size), mean=parse_floats(mean, "--mean"),
-            std=parse_floats(std, "--std"), layout=layout,
-        )
+        data_config = options.data_config(calib, samples=calib_samples, shape=shape, image_size=image_size,
+                                          mean=mean, std=std, layout=layout)
+    ep_config = options.ep_config(ep, ep_option, threads)
+    evaluation = None
+    if validate_data is not None:
+        evaluation = options.data_config(validate_data, samples=None, shape=shape, image_size=image_size,
+                                         mean=mean, std=std, layout=layout, labels=labels)
+    elif labels or min_cosine is not None or max_drop is not None or min_sqnr is not None:
+        raise UsageError("accuracy gates need evaluation data", hint="add --validate DATA")
+    if not then_benchmark and (runs is not None or min_speedup is not None):
+        raise UsageError("--runs and --min-speedup need --benchmark")
     loaded = load_model(model)
     data = open_data(data_config, input_specs(loaded.proto)) if data_config else None
-    result = run_quantize(loaded, output, data, config=config, force=force)
-    if as_json:
-        render.print_json(result.to_dict())
-        render.warnings(result.warnings)
-    else:
-        render.quantize_result(result)
+    result = quantize_and_measure(
+        loaded, output, data, config=config, force=force, evaluation=evaluation,
+        validate_config=ValidateConfig(gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
+                                       ep=ep_config),
+        benchmark_config=BenchmarkConfig(runs=runs, min_speedup=min_speedup, ep=ep_config) if then_benchmark else None,
+    )
+    steps = result.validate is not None or result.benchmark is not None
+    payload = result.to_dict() if steps else result.quantize.to_dict()
+    if report is not None:
+        write_report(payload, report)
+    render.pipeline_result(result, payload, as_json=as_json)
+    result.raise_for_gates()
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:

@@ -8,13 +8,27 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qconvert.errors import QconvertError
-from qconvert.results import InspectResult, QuantizeResult
+from qconvert.errors import GateFailedError, QconvertError
+from qconvert.results import (
+    SCHEMA_VERSION,
+    BenchmarkResult,
+    Gate,
+    InspectResult,
+    QuantizeResult,
+    ValidateResult,
+    number,
+)
+
+if TYPE_CHECKING:
+    from qconvert.pipeline import PipelineResult
+    from qconvert.providers import Placement, ProviderInfo
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -39,7 +53,7 @@ def error(exc: QconvertError, *, as_json: bool) -> None:
         err.print(f"  - {line}", highlight=False, markup=False)
     if exc.hint:
         err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
-    if as_json:
+    if as_json and not isinstance(exc, GateFailedError):  # a gate's result JSON is already on stdout
         print_json(exc.to_dict())
 
 
@@ -120,3 +134,116 @@ def quantize_result(r: QuantizeResult, *, verbose: bool = False) -> None:
     out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
               highlight=False)
     warnings(r.warnings)
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    shown = number(value, 9)
+    if shown is None:
+        return "—" if value is None else str(value)
+    return format(shown, spec)
+
+
+def gates(items: list[Gate]) -> None:
+    for g in items:
+        mark = "[green]pass[/]" if g.passed else "[bold red]FAIL[/]"
+        out.print(f"gate {mark} {escape(g.describe())}", highlight=False)
+
+
+def validate_result(r: ValidateResult, *, as_json: bool) -> None:
+    if as_json:
+        print_json(r.to_dict())
+    else:
+        _validate_text(r)
+    fallback_warnings([(r.quantized_path, r.placement)])
+
+
+def _validate_text(r: ValidateResult) -> None:
+    out.print(f"[bold]{escape(r.quantized_path)}[/] vs FP32 [bold]{escape(r.fp32_path)}[/] on {r.samples} samples"
+              f" ({escape(str(r.data.get('source')))}) · provider {escape(str(r.ep.get('provider')))}",
+              highlight=False)
+    table = Table(title="outputs vs FP32 (cosine worst: value@sample)", title_justify="left")
+    for column in ("output", "cosine", "worst", "max err", "mean err", "MSE", "SQNR dB", "top-1 =", ):
+        table.add_column(column, justify="left" if column == "output" else "right")
+    for o in r.outputs:
+        sqnr = "identical" if o.sqnr_db == float("inf") else _fmt(o.sqnr_db, ".1f")
+        agree = "—" if o.top1_agreement is None else f"{o.top1_agreement * 100:.1f}%"
+        table.add_row(escape(o.name), _fmt(o.mean_cosine), f"{_fmt(o.worst_cosine)}@{o.worst_sample}",
+                      _fmt(o.max_abs_error, ".3g"), _fmt(o.mean_abs_error, ".3g"), _fmt(o.mse, ".3g"), sqnr, agree)
+        if o.non_finite:
+            err.print(f"[bold red]{o.non_finite} NaN/Inf value(s) in quantized output {escape(o.name)}[/]")
+    out.print(table)
+    if r.fp32_accuracy is not None and r.quantized_accuracy is not None and r.accuracy_drop is not None:
+        out.print(f"top-1 accuracy: FP32 {r.fp32_accuracy * 100:.2f}% · quantized {r.quantized_accuracy * 100:.2f}%"
+                  f" · drop [bold]{r.accuracy_drop:.2f}[/] points", highlight=False)
+    if r.placement is not None:
+        out.print(f"on {escape(r.placement.provider)}: {_placement_cell(r.placement)} of the quantized model's nodes, "
+                  f"{r.placement.quantized_on_provider}/{r.placement.quantized_nodes} quantized ones", highlight=False)
+    gates(r.gates)
+
+
+def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
+    if as_json:
+        print_json(r.to_dict())
+    else:
+        cfg = r.config
+        table = Table(title=f"latency on {escape(r.provider)} (ms per batch of {cfg['batch']}, "
+                            f"interleaved, {r.models[0].runs} runs each)", title_justify="left")
+        placed = any(m.placement is not None for m in r.models)
+        columns = ["model", "mean", "p50", "p90", "p99", "min", "per s", "speedup"]
+        columns += ["on provider"] if placed else []
+        for column in columns:
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for m in r.models:
+            row = [escape(Path(m.path).name), f"{m.mean_ms:.3f}", f"{m.p50_ms:.3f}", f"{m.p90_ms:.3f}",
+                   f"{m.p99_ms:.3f}", f"{m.min_ms:.3f}", f"{m.throughput:.0f}", f"{m.speedup:.2f}×"]
+            if placed:
+                row.append("—" if m.placement is None else _placement_cell(m.placement))
+            table.add_row(*row)
+        out.print(table)
+        gates(r.gates)
+    fallback_warnings([(m.path, m.placement) for m in r.models])
+
+
+def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json: bool) -> None:
+    """quantize, then validate and benchmark when asked; `payload` is what the report holds."""
+    if as_json:
+        print_json(payload)
+        warnings(r.quantize.warnings)
+        fallback_warnings([(r.validate.quantized_path, r.validate.placement)] if r.validate else [])
+        fallback_warnings([(m.path, m.placement) for m in r.benchmark.models] if r.benchmark else [])
+        return
+    quantize_result(r.quantize)
+    if r.validate is not None:
+        validate_result(r.validate, as_json=False)
+    if r.benchmark is not None:
+        benchmark_result(r.benchmark, as_json=False)
+
+
+def _placement_cell(p: Placement) -> str:
+    if p.all_on_cpu:
+        return f"[bold red]0 of {p.nodes} nodes[/]"
+    return f"{p.nodes_on_provider}/{p.nodes} ({p.share() * 100:.0f}%)"
+
+
+def fallback_warnings(placements: list[tuple[str, Placement | None]]) -> None:
+    """In red on stderr, whatever the output format: a CPU number must never pass for an NPU one."""
+    for path, p in placements:
+        if p is not None and p.all_on_cpu:
+            err.print(f"[bold red]{escape(path)}: {escape(p.provider)} took none of its {p.nodes} nodes: every "
+                      f"node fell back to the CPU provider. These are CPU figures, not {escape(p.provider)} ones.[/]\n"
+                      "hint: check the --ep-option values (device_type, backend…); NPU providers also need static "
+                      "input shapes (quantize with --fix-shape NAME=DIMS) and QDQ patterns they support",
+                      highlight=False)
+
+
+def providers(items: list[ProviderInfo], *, as_json: bool) -> None:
+    if as_json:
+        print_json({"schema_version": SCHEMA_VERSION, "command": "providers",
+                    "providers": [i.to_dict() for i in items]})
+        return
+    table = Table(title="execution providers (--ep takes the alias or the name)", title_justify="left")
+    for column in ("alias", "name", "from", "devices"):
+        table.add_column(column)
+    for i in items:
+        table.add_row(escape(i.alias), escape(i.name), escape(i.source), escape(", ".join(i.devices)) or "—")
+    out.print(table)

@@ -200,3 +200,22 @@ def test_caffe2_export_as_shipped_quantizes(tmp_path: Path) -> None:
     assert json.loads(stdout)["op_types"]["Conv"] == {"quantized": 26, "candidates": 26}
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"ConvInteger", "DynamicQuantizeLinear"}
     assert source.read_bytes() == before
+
+
+def test_fix_shape_makes_the_output_static(cnn: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    code, stdout, stderr = _run("quantize", cnn, "-o", out, "--calib", "synthetic", "--fix-shape", "x=2,3,16,16",
+                                "--json")
+    assert code == 0, stderr
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [2, 3, 16, 16]
+    passes = {p["name"]: p for p in json.loads(stdout)["preprocess"]["passes"]}
+    assert passes["fix-input-shapes"]["changed"] == 1
+    assert json.loads(stdout)["config"]["fixed_shapes"] == {"x": [2, 3, 16, 16]}
+
+
+@pytest.mark.parametrize(("spec", "message"), [("y=1,3,16,16", "no input 'y'"), ("x=1,3,16", "Rank mismatch"),
+                                              ("x=1,4,16,16", "Can't replace")])
+def test_fix_shape_refuses_what_cannot_be(cnn: Path, tmp_path: Path, spec: str, message: str) -> None:
+    code, _, stderr = _run("quantize", cnn, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--fix-shape", spec)
+    assert code == ExitCode.BAD_INPUT and message in stderr and not (tmp_path / "q.onnx").exists()

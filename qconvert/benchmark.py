@@ -1,0 +1,148 @@
+"""Latency of one or more models, measured interleaved so a comparison holds on a noisy machine.
+
+Every model gets its own session and the same inputs. After a warm-up, runs go round-robin
+(A B A B …) until each model has `runs` timings or `duration` seconds of them; a burst of load
+on the machine then hits every model alike. On a provider other than the CPU, onnxruntime's record
+of each session's partitioning tells how much of the model the provider really took.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qconvert.errors import DataError, ModelError, UsageError
+from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
+from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
+from qconvert.runtime import quiet_onnxruntime, signature
+
+if TYPE_CHECKING:
+    from qconvert.calibration import CalibrationData
+
+DEFAULT_RUNS = 100
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    runs: int | None = None  # timed runs per model; DEFAULT_RUNS when neither this nor duration is set
+    duration: float | None = None  # or: seconds of timed runs per model
+    warmup: int = 5
+    batch: int = 1
+    ep: EPConfig = field(default_factory=EPConfig)
+    min_speedup: float | None = None  # every model after the first vs the first (median latency ratio)
+    # The first model is only a reference (the FP32 original, in the pipeline): where it ran is
+    # reported, but only the others must run on the provider.
+    reference_first: bool = False
+
+    def __post_init__(self) -> None:
+        if self.runs is not None and self.duration is not None:
+            raise UsageError("give --runs or --duration, not both")
+        if (self.runs is not None and self.runs < 1) or (self.duration is not None and self.duration <= 0):
+            raise UsageError("--runs must be at least 1 and --duration above 0")
+        if self.batch < 1 or self.warmup < 0:
+            raise UsageError("--batch must be at least 1 and --warmup at least 0")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"runs": self.runs if self.runs or self.duration else DEFAULT_RUNS, "duration": self.duration,
+                "warmup": self.warmup, "batch": self.batch, "ep": self.ep.to_dict(), "min_speedup": self.min_speedup,
+                "reference_first": self.reference_first}
+
+
+def batch_feeds(data: CalibrationData, batch: int) -> dict[str, np.ndarray]:
+    """The first `batch` samples stacked along axis 0 (cycling when there are fewer)."""
+    samples = []
+    for sample in data:
+        samples.append(sample)
+        if len(samples) == batch:
+            break
+    if not samples:
+        raise DataError(f"no samples in {data.description}", hint="point --data at non-empty data")
+    while len(samples) < batch:
+        samples.extend(samples[: batch - len(samples)])
+    if batch == 1:
+        return samples[0]
+    try:
+        return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
+    except ValueError as exc:
+        raise DataError(f"cannot stack samples into a batch of {batch}: {exc}",
+                        hint="samples must share their shapes after axis 0") from exc
+
+
+def _time_runs(sessions: list[Any], feeds: dict[str, np.ndarray], config: BenchmarkConfig) -> list[list[float]]:
+    for session in sessions:
+        for _ in range(config.warmup):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
+    runs = config.runs or DEFAULT_RUNS  # unused when a duration is set
+    spent = [0.0] * len(sessions)
+    while True:
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            elapsed = time.perf_counter() - start
+            times[i].append(elapsed)
+            spent[i] += elapsed
+        if config.duration is not None:
+            if min(spent) >= config.duration:
+                return times
+        elif len(times[0]) >= runs:
+            return times
+
+
+def _latency(path: Path, seconds: list[float], batch: int, first_median_ms: float | None,
+             where: Placement | None) -> Latency:
+    ms = np.asarray(seconds) * 1000.0
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    mean = float(ms.mean())
+    return Latency(path=str(path), runs=len(seconds), mean_ms=mean, p50_ms=p50, p90_ms=p90, p99_ms=p99,
+                   min_ms=float(ms.min()), throughput=batch * 1000.0 / mean,
+                   speedup=(first_median_ms / p50) if first_median_ms else 1.0, placement=where)
+
+
+def _check_inputs(sessions: list[Any], paths: list[Path]) -> None:
+    first = signature(sessions[0].get_inputs())
+    for session, path in zip(sessions[1:], paths[1:], strict=True):
+        other = signature(session.get_inputs())
+        if other != first:
+            raise ModelError(f"{path} takes different inputs from {paths[0]}: {other} vs {first}",
+                             hint="benchmark models that take the same inputs, or run them separately")
+
+
+def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray], *,
+              config: BenchmarkConfig | None = None) -> BenchmarkResult:
+    """Latency of each model on `feeds` (one batch), interleaved, with the speedup of each over
+    the first; on a non-CPU provider also where each model's nodes really ran."""
+    config = config or BenchmarkConfig()
+    if not models:
+        raise UsageError("no model to benchmark")
+    paths = [Path(m) for m in models]
+    provider = resolve(config.ep.provider)
+    with quiet_onnxruntime():
+        sessions = [create_session(p, config.ep) for p in paths]
+        placements = [placement(s, provider) for s in sessions]
+        _check_inputs(sessions, paths)
+        try:
+            times = _time_runs(sessions, feeds, config)
+        except Exception as exc:
+            raise DataError(f"a model failed to run on the benchmark inputs: {str(exc).strip().splitlines()[0]}",
+                            hint="check --shape / --batch / --data against `qconvert inspect`") from exc
+    first_median = float(np.median(times[0])) * 1000.0  # ms, like Latency
+    latencies = [_latency(p, t, config.batch, first_median if i else None, where)
+                 for i, (p, t, where) in enumerate(zip(paths, times, placements, strict=True))]
+    return BenchmarkResult(models=latencies, config=config.to_dict(), provider=provider.name,
+                           gates=_gates(config, latencies))
+
+
+def _gates(config: BenchmarkConfig, latencies: list[Latency]) -> list[Gate]:
+    found = []
+    if config.min_speedup is not None and len(latencies) > 1:
+        slowest = min(latencies[1:], key=lambda lat: lat.speedup)
+        found.append(Gate("min_speedup", config.min_speedup, slowest.speedup,
+                          slowest.speedup >= config.min_speedup, slowest.path))
+    for latency in latencies[1:] if config.reference_first else latencies:
+        found += provider_gates(latency.placement, latency.path)
+    return found

@@ -1,0 +1,65 @@
+"""`qconvert benchmark`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qconvert.cli import options
+from qconvert.cli.app import command
+from qconvert.cli.options import (
+    EpOpt,
+    EpOptionOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    LayoutOpt,
+    MeanOpt,
+    MinSpeedupOpt,
+    RunsOpt,
+    ShapeOpt,
+    StdOpt,
+    ThreadsOpt,
+)
+
+
+@command("benchmark")
+def benchmark(
+    models: Annotated[list[Path], typer.Argument(
+        help="Models to time, interleaved; the first is the baseline for speedups.", show_default=False)],
+    runs: RunsOpt = None,
+    duration: Annotated[float | None, typer.Option(
+        "--duration", help="Or: seconds of timed runs per model.", show_default=False)] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs per model first.")] = 5,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per run.")] = 1,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="Inputs from this data (read like --calib) [default: synthetic].",
+        show_default=False)] = None,
+    min_speedup: MinSpeedupOpt = None,
+    ep: EpOpt = "cpu",
+    ep_option: EpOptionOpt = None,
+    threads: ThreadsOpt = 1,
+    shape: ShapeOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
+    from qconvert import input_specs, load_model, open_data
+    from qconvert.benchmark import BenchmarkConfig, batch_feeds
+    from qconvert.benchmark import benchmark as run_benchmark
+    from qconvert.cli import render
+
+    config = BenchmarkConfig(
+        runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
+        ep=options.ep_config(ep, ep_option, threads),
+    )
+    data_config = options.data_config(data or "synthetic", samples=None, shape=shape, image_size=image_size,
+                                      mean=mean, std=std, layout=layout)
+    feeds = batch_feeds(open_data(data_config, input_specs(load_model(models[0]).proto)), batch)
+    result = run_benchmark(list(models), feeds, config=config)
+    render.benchmark_result(result, as_json=as_json)
+    result.raise_for_gates()

@@ -1,0 +1,70 @@
+"""`qconvert validate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qconvert.cli import options
+from qconvert.cli.app import command
+from qconvert.cli.options import (
+    EpOpt,
+    EpOptionOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    LabelsOpt,
+    LayoutOpt,
+    MaxDropOpt,
+    MeanOpt,
+    MinCosineOpt,
+    MinSqnrOpt,
+    ShapeOpt,
+    StdOpt,
+    ThreadsOpt,
+)
+
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="Evaluation data, read like --calib: .npz file or folder, .npy folder, ONNX test data, "
+                   "images, or a plugin.", show_default=False)]
+SamplesOpt = Annotated[int | None, typer.Option(
+    "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
+
+
+@command("validate")
+def validate(
+    fp32_model: Annotated[Path, typer.Argument(help="The FP32 original.", show_default=False)],
+    quantized_model: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
+    data: DataOpt,
+    labels: LabelsOpt = None,
+    samples: SamplesOpt = None,
+    min_cosine: MinCosineOpt = None,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: MinSqnrOpt = None,
+    ep: EpOpt = "cpu",
+    ep_option: EpOptionOpt = None,
+    threads: ThreadsOpt = 1,
+    shape: ShapeOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
+    from qconvert import input_specs, load_model, open_data
+    from qconvert.cli import render
+    from qconvert.validate import Gates, ValidateConfig
+    from qconvert.validate import validate as run_validate
+
+    config = ValidateConfig(
+        gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
+        ep=options.ep_config(ep, ep_option, threads),
+    )
+    data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
+                                      mean=mean, std=std, layout=layout, labels=labels)
+    stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
+    result = run_validate(fp32_model, quantized_model, stream, config=config)
+    render.validate_result(result, as_json=as_json)
+    result.raise_for_gates()

@@ -1,0 +1,260 @@
+"""Execution providers: what this onnxruntime offers (built in, or from plugin packages such as
+`onnxruntime-qnn`), sessions on them, and where a model's nodes really ran.
+
+A provider is named by its full name (`QNNExecutionProvider`) or its alias (`qnn`): the name without
+"ExecutionProvider", lower-cased. Plugin packages are found, not listed by hand: any installed
+`onnxruntime_*` module with `get_library_path()` and `get_ep_names()` (the convention of the plugin
+packages onnxruntime publishes) is registered with `onnxruntime.register_execution_provider_library`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from qconvert.errors import EnvironmentFailure, ModelError, UsageError
+from qconvert.runtime import onnxruntime_distribution
+
+CPU = "CPUExecutionProvider"
+_SUFFIX = "ExecutionProvider"
+# Ops that exist only in quantized graphs: what "quantized nodes" counts in a placement.
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+    "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
+    "QLinearSigmoid", "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "MatMulNBits", "QAttention", "QOrderedMatMul",
+})
+
+
+class ProviderUnavailableError(EnvironmentFailure):
+    """The execution provider asked for is not in this onnxruntime build nor in a plugin package."""
+
+
+def alias(name: str) -> str:
+    """`OpenVINOExecutionProvider` -> `openvino`."""
+    return name.strip().lower().removesuffix(_SUFFIX.lower())
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: str  # onnxruntime's name, e.g. QNNExecutionProvider
+    alias: str  # what --ep takes, e.g. qnn
+    source: str  # "onnxruntime <version>" or the plugin package and its version
+    devices: tuple[str, ...]  # what the provider reports it can run on, e.g. "CPU (AMD)"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "alias": self.alias, "source": self.source, "devices": list(self.devices)}
+
+
+@dataclass(frozen=True)
+class _Plugin:
+    module: ModuleType
+    package: str
+    ep_names: tuple[str, ...]
+
+    def default_options(self, options: dict[str, str]) -> dict[str, str]:
+        """QNN needs a backend; the NPU (HTP) one unless the user chose another."""
+        htp = getattr(self.module, "get_qnn_htp_path", None)
+        if callable(htp) and not {"backend_path", "backend_type"} & options.keys():
+            return {"backend_path": str(htp())}
+        return {}
+
+
+@functools.cache
+def _plugins() -> tuple[_Plugin, ...]:
+    """Installed plugin packages; importing one is cheap (it only locates its shared library)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    owners = packages_distributions()
+    found = []
+    for module_info in pkgutil.iter_modules():
+        if not module_info.name.startswith("onnxruntime_"):
+            continue
+        try:
+            module = importlib.import_module(module_info.name)
+        except Exception:  # noqa: BLE001 - a broken unrelated package must not break qconvert
+            continue
+        library, names = getattr(module, "get_library_path", None), getattr(module, "get_ep_names", None)
+        if not (callable(library) and callable(names)):
+            continue
+        dist = (owners.get(module_info.name) or [module_info.name])[0]
+        try:
+            package = f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            package = dist
+        found.append(_Plugin(module, package, tuple(str(n) for n in names())))
+    return tuple(found)
+
+
+@functools.cache
+def _register(plugin: _Plugin) -> None:
+    """Once per process: onnxruntime refuses a second registration under the same name."""
+    import onnxruntime as ort
+
+    for name in plugin.ep_names:
+        try:
+            ort.register_execution_provider_library(name, plugin.module.get_library_path())
+        except Exception as exc:
+            raise EnvironmentFailure(f"{plugin.package} did not load: {_first_line(exc)}",
+                                     hint=f"reinstall it (pip install --force-reinstall {plugin.package.split()[0]})"
+                                     ) from exc
+
+
+def _plugin_for(name: str) -> _Plugin | None:
+    return next((p for p in _plugins() if name in p.ep_names), None)
+
+
+def _devices(name: str) -> tuple[str, ...]:
+    import onnxruntime as ort
+
+    found = [f"{d.device.type.name} ({d.device.vendor})" for d in ort.get_ep_devices() if d.ep_name == name]
+    if name == "OpenVINOExecutionProvider":  # the OpenVINO build reports its devices itself
+        from onnxruntime.capi import _pybind_state
+
+        ids = getattr(_pybind_state, "get_available_openvino_device_ids", None)
+        found += [str(d) for d in ids()] if callable(ids) else []
+    return tuple(found)
+
+
+def list_providers() -> list[ProviderInfo]:
+    """Every execution provider available here, built-in ones first, with the devices it sees."""
+    import onnxruntime as ort
+
+    for plugin in _plugins():
+        _register(plugin)
+    builtin = f"{onnxruntime_distribution()} {ort.__version__}"
+    infos = []
+    for name in ort.get_available_providers():
+        owner = _plugin_for(name)
+        infos.append(ProviderInfo(name, alias(name), owner.package if owner else builtin, _devices(name)))
+    return infos
+
+
+def resolve(provider: str) -> ProviderInfo:
+    """The provider named by `provider` (full name or alias, any case), or a clear error naming
+    what is available."""
+    wanted = alias(provider)
+    if wanted == alias(CPU):  # always there: skip plugin discovery on the common path
+        import onnxruntime as ort
+
+        return ProviderInfo(CPU, wanted, f"{onnxruntime_distribution()} {ort.__version__}", ())
+    available = list_providers()
+    for info in available:
+        if info.alias == wanted:
+            return info
+    raise ProviderUnavailableError(
+        f"execution provider {provider!r} is not available; this onnxruntime offers "
+        f"{', '.join(f'{i.alias} ({i.name})' for i in available)}",
+        hint="install the package that ships it (onnxruntime-openvino, onnxruntime-qnn, …); "
+             "`qconvert providers` lists what is installed")
+
+
+@dataclass(frozen=True)
+class EPConfig:
+    """Where a model runs: provider, its options (`device_type=NPU`, …) and intra-op threads."""
+
+    provider: str = "cpu"
+    options: tuple[tuple[str, str], ...] = ()
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UsageError(f"threads must be at least 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"provider": self.provider, "options": dict(self.options), "threads": self.threads}
+
+
+def create_session(model: str | Path, ep: EPConfig) -> Any:
+    """An onnxruntime session on `ep`, with every node the provider cannot take on the CPU
+    provider, recording which provider took which node (see `placement`)."""
+    import onnxruntime as ort
+
+    info = resolve(ep.provider)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = ep.threads
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    provider_options = dict(ep.options)
+    plugin = _plugin_for(info.name)
+    try:
+        if plugin is not None:
+            _register(plugin)
+            devices = [d for d in ort.get_ep_devices() if d.ep_name == info.name]
+            options.add_provider_for_devices(devices, {**plugin.default_options(provider_options),
+                                                       **provider_options})
+            return ort.InferenceSession(str(model), options)
+        providers: list[Any] = [(info.name, provider_options)]
+        providers += [] if info.name == CPU else [CPU]
+        return ort.InferenceSession(str(model), options, providers=providers)
+    except Exception as exc:
+        if not Path(model).is_file():
+            raise ModelError(f"{model} does not exist", hint="check the path") from exc
+        where = f"{info.name} with options {provider_options}" if provider_options else info.name
+        raise ModelError(f"{model} cannot be loaded on {where}: {_first_line(exc)}",
+                         hint="check the model with `qconvert inspect` and the --ep-option values") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which provider onnxruntime gave each node of the (basic-optimized) graph at partitioning."""
+
+    provider: str
+    nodes: int
+    nodes_on_provider: int
+    quantized_nodes: int  # Q/DQ and integer ops
+    quantized_on_provider: int
+    cpu_op_types: dict[str, int]  # op types left to the CPU provider, most frequent first
+
+    @property
+    def all_on_cpu(self) -> bool:
+        """Nothing ran on the provider asked for: its number would be a CPU number."""
+        return self.provider != CPU and self.nodes_on_provider == 0
+
+    def share(self) -> float:
+        return self.nodes_on_provider / self.nodes if self.nodes else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "provider": self.provider, "nodes": self.nodes, "nodes_on_provider": self.nodes_on_provider,
+            "share": round(self.share(), 4), "quantized_nodes": self.quantized_nodes,
+            "quantized_on_provider": self.quantized_on_provider, "cpu_op_types": self.cpu_op_types,
+            "all_on_cpu": self.all_on_cpu,
+        }
+
+
+def placement(session: Any, provider: ProviderInfo) -> Placement | None:
+    """Where `session` (from `create_session` on `provider`) put its nodes, counted from
+    onnxruntime's own record of the partitioning: nodes a provider compiled into one subgraph still
+    count one by one. None on the CPU provider, where there is nothing to place."""
+    if provider.name == CPU:
+        return None
+    record = getattr(session, "get_provider_graph_assignment_info", None)
+    if record is None:
+        raise EnvironmentFailure("this onnxruntime cannot report which provider ran which node",
+                                 hint="upgrade onnxruntime (or the provider's onnxruntime package)")
+    on_provider: Counter[str] = Counter()
+    on_cpu: Counter[str] = Counter()  # the only other provider a session from create_session has
+    for subgraph in record():
+        (on_provider if subgraph.ep_name == provider.name else on_cpu).update(n.op_type for n in subgraph.get_nodes())
+    nodes_on_provider = sum(on_provider.values())
+    quantized_on_provider = sum(c for op, c in on_provider.items() if op in QUANTIZED_OPS)
+    return Placement(
+        provider=provider.name,
+        nodes=nodes_on_provider + sum(on_cpu.values()),
+        nodes_on_provider=nodes_on_provider,
+        quantized_nodes=quantized_on_provider + sum(c for op, c in on_cpu.items() if op in QUANTIZED_OPS),
+        quantized_on_provider=quantized_on_provider,
+        cpu_op_types=dict(on_cpu.most_common()),
+    )
