@@ -235,9 +235,14 @@ def move_into_place(staged: Path, output: Path) -> int:
     the output so the location recorded in it is already right.
     """
     sidecar = staged.parent / (staged.name + ".data")
-    written = staged.stat().st_size
+    written = file_nbytes(staged)
     if sidecar.exists():
-        written += sidecar.stat().st_size
         os.replace(sidecar, output.parent / sidecar.name)
     os.replace(staged, output)
     return written
+
+
+def file_nbytes(model: Path) -> int:
+    """Bytes of a model file written by onnxruntime and of its `<name>.data` sidecar, if any."""
+    sidecar = model.parent / (model.name + ".data")
+    return model.stat().st_size + (sidecar.stat().st_size if sidecar.exists() else 0)

@@ -9,18 +9,19 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qconvert.calibration import CalibrationData
-from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, WeightType
+from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
 from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, UsageError
 from qconvert.model import (
     PROTOBUF_LIMIT,
     LoadedModel,
     all_initializers,
     check_output_path,
+    file_nbytes,
     has_subgraphs,
     iter_nodes,
     load_model,
@@ -29,6 +30,7 @@ from qconvert.model import (
     staging_dir,
 )
 from qconvert.prepare import prepare
+from qconvert.ranges import Calibration, Progress, calibrate
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 from qconvert.runtime import quiet_onnxruntime
 
@@ -224,38 +226,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _calibrate(model_path: Path, work: Path, data: CalibrationData, plan_: Plan, config: QuantizeConfig,
-               external: bool) -> tuple[Path, int]:
-    """Collect activation ranges and save them where `quantize_static` reads a calibration cache."""
-    from onnxruntime.quantization import save_tensors_data
-    from onnxruntime.quantization.calibrate import create_calibrator
-
-    options: dict[str, Any] = {"symmetric": config.symmetric_activations}
-    if config.method is CalibrationMethod.PERCENTILE:
-        options["percentile"] = config.percentile
-    try:
-        calibrator = create_calibrator(model_path, plan_.op_types, augmented_model_path=str(work / "augmented.onnx"),
-                                       calibrate_method=_ort_method(config.method), use_external_data_format=external,
-                                       extra_options=options)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot run the model to calibrate it: {_first_line(exc)}",
-                         hint="check that onnxruntime runs the FP32 model; try --no-preprocess") from exc
-    reader = _Reader(data)
-    try:
-        calibrator.collect_data(reader)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"calibration failed on sample {reader.count - 1}: {_first_line(exc)}",
-                        hint="check the calibration data against `qconvert inspect` of the model") from exc
-    if reader.count == 0:
-        raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
-    ranges = calibrator.compute_data()
-    cache = work / "ranges.json"
-    save_tensors_data(ranges, cache)
-    return cache, reader.count
-
-
 def _extra_options(config: QuantizeConfig, mode: Mode, subgraphs: bool) -> dict[str, Any]:
     options: dict[str, Any] = {
         "ActivationSymmetric": config.symmetric_activations,
@@ -281,6 +251,11 @@ def _check_types(config: QuantizeConfig, mode: Mode) -> None:
         raise UsageError("--method distribution applies to float8 quantization, which qconvert does not offer; "
                          "with integer types it produces unusable ranges",
                          hint="use --method minmax, entropy or percentile")
+    if config.sensitive is Sensitive.INT16 and config.target is not Target.QNN:
+        raise UsageError("raising sensitive nodes to 16 bits needs a target that runs mixed 8/16-bit QDQ",
+                         hint="use --preset qnn-htp, or keep sensitive nodes in float")
+    if config.target is Target.QNN and mode is not Mode.STATIC:
+        raise UsageError("the QNN target runs static QDQ only", hint="give --calib DATA (or drop --mode dynamic)")
     if not 0 < config.percentile <= 100:
         raise UsageError(f"--percentile must be in (0, 100], got {config.percentile}")
 
@@ -296,68 +271,90 @@ def resolve_mode(config: QuantizeConfig, data: CalibrationData | None) -> tuple[
     return Mode.DYNAMIC, "no calibration data given"
 
 
-def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | None = None, *,
-             config: QuantizeConfig | None = None, force: bool = False) -> QuantizeResult:
-    """Quantize `model` into `output` (QDQ for static, integer ops for dynamic) and report what happened.
+class QuantizeJob:
+    """One model prepared, planned and calibrated once, then quantized as often as a search needs.
 
-    The output is written atomically; the input is never modified. Raises NothingQuantizedError,
-    without writing anything, when no node would be quantized.
+    Use inside `staging_dir(output)`: every file it writes goes to `work`, beside the output.
     """
-    import onnx
 
-    config = config or QuantizeConfig()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    out = Path(output)
-    check_output_path(out, inputs=(loaded.path,), force=force)
-    kinds = quantization_kinds(loaded.proto)
-    if any(kinds.values()):
-        found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-        raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
-                         hint="quantize the FP32 original instead")
-    mode, mode_reason = resolve_mode(config, data)
-    _check_types(config, mode)
-    warnings: list[str] = []
-    if mode is Mode.DYNAMIC and data is not None:
-        warnings.append("dynamic mode computes activation ranges at run time: calibration data not used")
-        data = None
-    subgraphs = config.subgraphs if config.subgraphs is not None else has_subgraphs(loaded.proto)
-
-    started = time.perf_counter()
-    external = loaded.uses_external_data or model_nbytes(loaded.proto) >= PROTOBUF_LIMIT
-    with staging_dir(out) as work:
+    def __init__(self, loaded: LoadedModel, out: Path, data: CalibrationData | None, config: QuantizeConfig,
+                 work: Path, progress: Progress | None = None) -> None:
+        kinds = quantization_kinds(loaded.proto)
+        if any(kinds.values()):
+            found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+            raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
+                             hint="quantize the FP32 original instead")
+        self.loaded, self.out, self.config, self.work = loaded, out, config, work
+        self.mode, self.mode_reason = resolve_mode(config, data)
+        _check_types(config, self.mode)
+        self.warnings: list[str] = []
+        if self.mode is Mode.DYNAMIC and data is not None:
+            self.warnings.append("dynamic mode computes activation ranges at run time: calibration data not used")
+            data = None
+        self.data = data
+        self.subgraphs = config.subgraphs if config.subgraphs is not None else has_subgraphs(loaded.proto)
+        started = time.perf_counter()
+        self.external = loaded.uses_external_data or model_nbytes(loaded.proto) >= PROTOBUF_LIMIT
         # The prepared model keeps its weights in a sidecar: planning reads only the graph.
-        src = work / "prepared.onnx"
+        self.prepared = work / "prepared.onnx"
         with quiet_onnxruntime():
-            proto, prep = prepare(loaded.proto, src, enabled=config.preprocess, optimize=mode is Mode.STATIC,
-                                  fixed_shapes=config.fixed_shapes)
-        warnings.extend(prep.warnings)
-        the_plan = plan(proto, mode, config, subgraphs)
-        if mode is Mode.STATIC and subgraphs and the_plan.subgraph_candidates:
-            warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
-                            "dynamically (integer ops), the main graph statically")
-        prepare_seconds = time.perf_counter() - started
-        staged = work / out.name
-        calib_seconds, samples = 0.0, 0
+            self.proto, self.prep = prepare(loaded.proto, self.prepared, enabled=config.preprocess,
+                                            optimize=self.mode is Mode.STATIC, fixed_shapes=config.fixed_shapes)
+        self.warnings.extend(self.prep.warnings)
+        self.plan = plan(self.proto, self.mode, config, self.subgraphs)
+        if self.mode is Mode.STATIC and self.subgraphs and self.plan.subgraph_candidates:
+            self.warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
+                                 "dynamically (integer ops), the main graph statically")
+        if data is not None and data.synthetic:
+            self.warnings.append("synthetic calibration data: a smoke run, not a real calibration")
+        self.prepare_seconds = time.perf_counter() - started
+        self.calibration: Calibration | None = None
+        if self.mode is Mode.STATIC and _reads_calibration_cache():
+            from onnxruntime.quantization import save_tensors_data
+
+            assert data is not None
+            with quiet_onnxruntime():
+                self.calibration = calibrate(self.prepared, data, self.plan.op_types, work,
+                                             method=config.method, symmetric=config.symmetric_activations,
+                                             percentile=config.percentile, external=self.external, progress=progress)
+            self.ranges_file = work / "ranges.json"
+            save_tensors_data(self.calibration.ranges, self.ranges_file)
+
+    def widened_tensors(self, nodes: list[str]) -> list[str]:
+        """The float activations `nodes` read and write: what raising them to 16 bits overrides."""
+        wanted = set(nodes)
+        names: dict[str, None] = {}
+        for node in self.proto.graph.node:
+            if node.name in wanted:
+                names.update(dict.fromkeys(t for t in (*node.input, *node.output)
+                                           if t and t not in self.plan.constants))
+        return list(names)
+
+    def run(self, staged: Path, keep_float: dict[str, str] | None = None,
+            widen: list[str] | None = None) -> QuantizeResult:
+        """Quantize into `staged`, leaving the nodes in `keep_float` (name -> reason) in float and
+        raising the activations of the nodes in `widen` to 16 bits (QNN target only)."""
+        import onnx
+
+        the_plan = replace(self.plan, excluded={**self.plan.excluded, **(keep_float or {})})
+        wide = self.widened_tensors(widen or [])
+        samples = self.calibration.samples if self.calibration else 0
         t0 = time.perf_counter()
         with quiet_onnxruntime():
-            if mode is Mode.STATIC:
-                assert data is not None
-                if _reads_calibration_cache():
-                    cache, samples = _calibrate(src, work, data, the_plan, config, external)
-                    calib_seconds = time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    _run_static(src, staged, cache, the_plan, config, external)
-                else:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate inside quantize_static
-                    reader = _Reader(data)
-                    _run_static(src, staged, reader, the_plan, config, external)
-                    samples = reader.count
+            if self.mode is Mode.STATIC and self.calibration is not None:
+                _run_static(self.prepared, staged, self.ranges_file, the_plan, self.config, self.external, wide)
+            elif self.mode is Mode.STATIC:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate here
+                assert self.data is not None
+                reader = _Reader(self.data)
+                _run_static(self.prepared, staged, reader, the_plan, self.config, self.external, wide)
+                samples = reader.count
             else:
-                _run_dynamic(src, staged, the_plan, config, external, the_plan.nodes_to_exclude)
+                _run_dynamic(self.prepared, staged, the_plan, self.config, self.external, the_plan.nodes_to_exclude)
         quant_seconds = time.perf_counter() - t0
         _check_loads(staged)
         quantized_model = onnx.load(str(staged), load_external_data=False)
         done = _quantized_names(quantized_model)
-        if mode is Mode.STATIC:
+        if self.mode is Mode.STATIC:
             present = {gn.node.name for gn in iter_nodes(quantized_model.graph)}
             done |= {c.name for c in the_plan.candidates if c.name not in present}
         done -= set(the_plan.excluded)
@@ -373,21 +370,44 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         if not any(c.quantized for c in result_ops.values()):
             reasons = sorted({s.reason for s in skipped})
             raise NothingQuantizedError(
-                f"nothing to quantize in {loaded.path}: {len(the_plan.candidates)} candidate node(s), none quantized",
+                f"nothing to quantize in {self.loaded.path}: {len(the_plan.candidates)} candidate node(s), "
+                "none quantized",
                 hint="check --op-types / --exclude-*; no output was written",
                 details=tuple(reasons) or ("the model has no node of a quantizable op type",))
-        bytes_after = move_into_place(staged, out)
+        config = self.config
+        return QuantizeResult(
+            input_path=str(self.loaded.path), output_path=str(self.out), mode=self.mode.value,
+            mode_reason=self.mode_reason, config={**config.to_dict(), "mode": self.mode.value,
+                                                  "subgraphs": self.subgraphs},
+            data=self.data.to_dict() if self.data else None, calibration_samples=samples,
+            op_types=result_ops, skipped=skipped, bytes_before=self.loaded.file_bytes,
+            bytes_after=file_nbytes(staged),
+            prepare_seconds=self.prepare_seconds,
+            calibration_seconds=self.calibration.seconds if self.calibration else 0.0,
+            quantization_seconds=quant_seconds,
+            preprocess=self.prep.to_dict() if config.preprocess or config.fixed_shapes else None,
+            warnings=list(self.warnings),
+        )
 
-    return QuantizeResult(
-        input_path=str(loaded.path), output_path=str(out), mode=mode.value, mode_reason=mode_reason,
-        config={**config.to_dict(), "mode": mode.value, "subgraphs": subgraphs},
-        data=data.to_dict() if data else None, calibration_samples=samples,
-        op_types=result_ops, skipped=skipped, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
-        prepare_seconds=prepare_seconds, calibration_seconds=calib_seconds, quantization_seconds=quant_seconds,
-        preprocess=prep.to_dict() if config.preprocess or config.fixed_shapes else None,
-        warnings=warnings + (["synthetic calibration data: a smoke run, not a real calibration"]
-                             if data is not None and data.synthetic else []),
-    )
+
+def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | None = None, *,
+             config: QuantizeConfig | None = None, force: bool = False,
+             progress: Progress | None = None) -> QuantizeResult:
+    """Quantize `model` into `output` (QDQ for static, integer ops for dynamic) and report what happened.
+
+    The output is written atomically; the input is never modified. Raises NothingQuantizedError,
+    without writing anything, when no node would be quantized.
+    """
+    config = config or QuantizeConfig()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    out = Path(output)
+    check_output_path(out, inputs=(loaded.path,), force=force)
+    with staging_dir(out) as work:
+        job = QuantizeJob(loaded, out, data, config, work, progress)
+        staged = work / out.name
+        result = job.run(staged)
+        result.bytes_after = move_into_place(staged, out)
+    return result
 
 
 def _reads_calibration_cache() -> bool:
@@ -399,20 +419,42 @@ def _reads_calibration_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
+def _target_options(src: Path, plan_: Plan, config: QuantizeConfig,
+                    wide: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """Op types and extra options for the target: onnxruntime's defaults, or its QNN helper's
+    per-op overrides (with `wide` activations raised to 16 bits and the type converts they need)."""
+    from onnxruntime.quantization import QuantType
+
+    options = _extra_options(config, Mode.STATIC, subgraphs=False)
+    if config.target is not Target.QNN:
+        return plan_.op_types, options
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    unsigned = config.activations in (ActivationType.UINT8, ActivationType.UINT16)
+    wide_type = QuantType.QUInt16 if unsigned else QuantType.QInt16
+    qnn = get_qnn_qdq_config(
+        str(src), None, activation_type=_quant_type(config.activations), weight_type=_quant_type(config.weights),
+        per_channel=config.per_channel, activation_symmetric=config.symmetric_activations,
+        weight_symmetric=config.symmetric_weights, op_types_to_quantize=plan_.op_types or None,
+        nodes_to_exclude=plan_.nodes_to_exclude, init_overrides={t: [{"quant_type": wide_type}] for t in wide})
+    return list(qnn.op_types_to_quantize), {**options, **qnn.extra_options}
+
+
 def _run_static(src: Path, staged: Path, calibration: Path | _Reader, plan_: Plan, config: QuantizeConfig,
-                external: bool) -> None:
+                external: bool, wide: list[str]) -> None:
     """QDQ-quantize from the ranges cached at `calibration`, or by calibrating on that reader."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     static_out = staged.with_name("static-" + staged.name) if plan_.subgraph_candidates and plan_.subgraphs else staged
+    op_types, options = _target_options(src, plan_, config, wide)
     try:
         quantize_static(
             str(src), str(static_out), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=plan_.op_types, per_channel=config.per_channel,
+            op_types_to_quantize=op_types, per_channel=config.per_channel,
             reduce_range=config.reduce_range, activation_type=_quant_type(config.activations),
             weight_type=_quant_type(config.weights), nodes_to_exclude=plan_.nodes_to_exclude,
             use_external_data_format=external, calibrate_method=_ort_method(config.method),
-            extra_options=_extra_options(config, Mode.STATIC, subgraphs=False),
+            extra_options=options,
             **({"calibration_data_reader": calibration} if isinstance(calibration, _Reader)
                else {"calibration_data_reader": None, "calibration_cache_path": str(calibration)}),
         )

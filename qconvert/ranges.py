@@ -1,0 +1,215 @@
+"""Activation ranges from calibration data, with peak memory flat in the number of samples.
+
+onnxruntime's histogram calibrators keep every intermediate output of every sample until the end
+(100+ GB for BERT), and its `max_intermediate_outputs` discards ranges instead of merging them.
+Here each sample is run, reduced into running statistics, and dropped:
+
+- pass 1 keeps a running min, max and min |x| per tensor: MinMax ranges are these, exactly what
+  one-shot calibration computes;
+- pass 2 (entropy, percentile) bins every sample into fixed edges taken from pass 1 and adds the
+  counts. Histograms with the same edges add exactly, so the thresholds equal those of one-shot
+  calibration too (and do not depend on sample order); onnxruntime's own threshold search then
+  runs on the summed histograms.
+
+Memory is one sample's activations plus one histogram per tensor; time is one more forward pass
+per sample for the histogram methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qconvert.calibration import CalibrationData
+from qconvert.config import CalibrationMethod
+from qconvert.errors import DataError, ModelError, QconvertError
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization.calibrate import TensorsData
+
+# onnxruntime's defaults (calibrate.create_calibrator), kept so thresholds match its calibrators.
+NUM_BINS = {CalibrationMethod.ENTROPY: 128, CalibrationMethod.PERCENTILE: 2048}
+NUM_QUANTIZED_BINS = 128
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    ranges: TensorsData
+    samples: int
+    seconds: float
+    tensors: int
+
+
+@dataclass
+class _Stats:
+    low: np.ndarray
+    high: np.ndarray
+    abs_low: np.ndarray
+
+    def update(self, value: np.ndarray) -> None:
+        self.low = np.minimum(self.low, np.nanmin(value))
+        self.high = np.maximum(self.high, np.nanmax(value))
+        self.abs_low = np.minimum(self.abs_low, np.nanmin(np.abs(value)))
+
+    @classmethod
+    def first(cls, value: np.ndarray) -> _Stats:
+        return cls(np.nanmin(value), np.nanmax(value), np.nanmin(np.abs(value)))
+
+
+def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
+    """Float inputs and outputs of nodes of `op_types` in the main graph (onnxruntime's selection:
+    its QDQ quantizer reads ranges for exactly these)."""
+    import onnx
+
+    graph = model.graph
+    infos = {v.name: v for v in (*graph.value_info, *graph.output, *graph.input)}
+    constants = {t.name for t in graph.initializer}
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    chosen: dict[str, None] = {}
+    for node in graph.node:
+        if op_types and node.op_type not in op_types:
+            continue
+        for name in (*node.input, *node.output):
+            info = infos.get(name)
+            if (info is not None and info.type.HasField("tensor_type")
+                    and info.type.tensor_type.elem_type in floats and name not in constants):
+                chosen[name] = None
+    return list(chosen)
+
+
+def exposing_session(model: onnx.ModelProto, tensors: list[str], work: Path, *,
+                     external: bool) -> onnxruntime.InferenceSession:
+    """A CPU session on `model` with `tensors` added to its outputs (graph optimizations off, so
+    every tensor exists as named)."""
+    import onnx
+    import onnxruntime
+
+    outputs = {o.name for o in model.graph.output}
+    infos = {v.name: v for v in (*model.graph.value_info, *model.graph.input)}
+    for name in tensors:
+        if name not in outputs:
+            model.graph.output.append(infos[name] if name in infos else onnx.ValueInfoProto(name=name))
+    path = work / "exposed.onnx"
+    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot run the model to calibrate it: {_first_line(exc)}",
+                         hint="check that onnxruntime runs the FP32 model; try --no-preprocess") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _outputs(session: onnxruntime.InferenceSession, data: CalibrationData,
+             tensors: list[str]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(sample index, {tensor: value}) for every sample, one at a time."""
+    index = -1
+    try:
+        for index, sample in enumerate(data):
+            yield index, dict(zip(tensors, session.run(tensors, sample), strict=True))
+    except QconvertError:
+        raise
+    except Exception as exc:
+        raise DataError(f"calibration failed on sample {index}: {_first_line(exc)}",
+                        hint="check the calibration data against `qconvert inspect` of the model") from exc
+
+
+def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work: Path, *,
+              method: CalibrationMethod = CalibrationMethod.MINMAX, symmetric: bool = False,
+              percentile: float = 99.999, external: bool = False, progress: Progress | None = None) -> Calibration:
+    """Ranges for the tensors onnxruntime's QDQ quantizer needs, streamed sample by sample."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+    started = time.perf_counter()
+    model = load_model_with_shape_infer(model_path)
+    tensors = tensors_to_calibrate(model, op_types)
+    if not tensors:
+        raise ModelError(f"{model_path}: no float tensor of {', '.join(op_types) or 'any op type'} to calibrate",
+                         hint="check --op-types")
+    session = exposing_session(model, tensors, work, external=external)
+    stats: dict[str, _Stats] = {}
+    samples = 0
+    for index, values in _outputs(session, data, tensors):
+        for name, value in values.items():
+            if name in stats:
+                stats[name].update(value)
+            elif value.size:
+                stats[name] = _Stats.first(value)
+        samples = index + 1
+        if progress:
+            progress(samples)
+    if samples == 0:
+        raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
+
+    if method is CalibrationMethod.MINMAX:
+        pairs: dict[str, Any] = {}
+        for name, s in stats.items():
+            if symmetric:
+                bound = np.maximum(np.abs(s.low), np.abs(s.high))
+                pairs[name] = TensorData(lowest=-bound, highest=bound)
+            else:
+                pairs[name] = TensorData(lowest=s.low, highest=s.high)
+        ranges = TensorsData(OrtMethod.MinMax, pairs)
+    else:
+        ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, progress)
+    return Calibration(ranges, samples, time.perf_counter() - started, len(stats))
+
+
+def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationData, tensors: list[str],
+                      stats: dict[str, _Stats], method: CalibrationMethod, symmetric: bool, percentile: float,
+                      progress: Progress | None) -> TensorsData:
+    """Pass 2: histograms on the final edges, summed over samples, then onnxruntime's thresholds."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData
+
+    bins = NUM_BINS[method]
+    # onnxruntime bins |x| over [min |x|, max |x|] for symmetric percentile, else x over [-t, t].
+    absolute = method is CalibrationMethod.PERCENTILE and symmetric
+    edges: dict[str, tuple[Any, Any]] = {}
+    for name, s in stats.items():
+        if absolute:
+            edges[name] = (s.abs_low, np.maximum(np.abs(s.low), np.abs(s.high)))
+        else:
+            threshold = np.array(max(abs(s.low), abs(s.high)), dtype=s.high.dtype)
+            edges[name] = (-threshold, threshold)
+    hists: dict[str, np.ndarray] = {}
+    hist_edges: dict[str, np.ndarray] = {}
+    for index, values in _outputs(session, data, tensors):
+        for name, value in values.items():
+            if name not in edges:
+                continue
+            flat = np.abs(value.ravel()) if absolute else value.ravel()
+            counts, found = np.histogram(flat, bins, range=edges[name])
+            if name in hists:
+                hists[name] += counts
+            else:
+                hists[name], hist_edges[name] = counts, found
+        if progress:
+            progress(index + 1)
+    collector = HistogramCollector(method=method.value, symmetric=symmetric, num_bins=bins,
+                                   num_quantized_bins=NUM_QUANTIZED_BINS, percentile=percentile, scenario="same")
+    for name, counts in hists.items():
+        s = stats[name]
+        if absolute:
+            collector.histogram_dict[name] = (counts, hist_edges[name].astype(s.high.dtype), s.low, s.high)
+        else:
+            collector.histogram_dict[name] = (counts, hist_edges[name], s.low, s.high, edges[name][1])
+    ort_method = OrtMethod.Entropy if method is CalibrationMethod.ENTROPY else OrtMethod.Percentile
+    return TensorsData(ort_method, collector.compute_collection_result())
