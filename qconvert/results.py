@@ -295,3 +295,72 @@ class BenchmarkResult(_Gated):
             "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
+
+
+def decibels(value: float | None) -> float | str | None:
+    """SQNR for JSON: infinite (exact) as the string "inf", NaN (broken) as null."""
+    if value is None or math.isnan(value):
+        return None
+    return ("inf" if value > 0 else "-inf") if math.isinf(value) else round(value, 3)
+
+
+@dataclass(frozen=True)
+class NodeError:
+    """One node's error at its output: what it adds on its own, and the total it passes on."""
+
+    node: str
+    op_type: str
+    tensor: str
+    own_sqnr_db: float  # output computed from FP32 inputs, inside the quantized graph
+    own_cosine: float
+    total_sqnr_db: float  # output in the quantized model, upstream error included
+    total_cosine: float
+    carried_share: float  # share of the total noise power that came from upstream
+    weight_sqnr_db: float | None  # worst of its dequantized weights, when it has any
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node, "op_type": self.op_type, "tensor": self.tensor,
+            "own_sqnr_db": decibels(self.own_sqnr_db), "own_cosine": number(self.own_cosine),
+            "total_sqnr_db": decibels(self.total_sqnr_db), "total_cosine": number(self.total_cosine),
+            "carried_share": number(self.carried_share, 4), "weight_sqnr_db": decibels(self.weight_sqnr_db),
+        }
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """A quantized tensor, dequantized, against its FP32 value."""
+
+    name: str
+    kind: str  # "activation" or "weight"
+    sqnr_db: float
+    cosine: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "sqnr_db": decibels(self.sqnr_db),
+                "cosine": number(self.cosine)}
+
+
+@dataclass
+class AnalyzeResult:
+    fp32_path: str
+    quantized_path: str
+    reference: str  # which FP32 graph the names were matched against
+    quantized_tensors: int  # quantized tensors found in both graphs
+    data: dict[str, object]
+    samples: int
+    matched_tensors: int
+    nodes: list[NodeError]  # worst own error first
+    ranked_nodes: int
+    tensors: list[TensorError]  # worst first
+    versions: dict[str, str] = field(default_factory=versions)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION, "command": "analyze", "fp32": self.fp32_path,
+            "quantized": self.quantized_path, "reference": self.reference, "data": self.data,
+            "samples": self.samples, "quantized_tensors": self.quantized_tensors,
+            "matched_tensors": self.matched_tensors, "ranked_nodes": self.ranked_nodes,
+            "nodes": [n.to_dict() for n in self.nodes], "tensors": [t.to_dict() for t in self.tensors],
+            "versions": self.versions,
+        }

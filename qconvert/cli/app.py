@@ -86,6 +86,7 @@ def main() -> None:
 
 
 # Importing the command modules registers them on `app`.
+from qconvert.cli import analyze_cmd as _analyze_cmd  # noqa: E402,F401
 from qconvert.cli import benchmark_cmd as _benchmark_cmd  # noqa: E402,F401
 from qconvert.cli import inspect_cmd as _inspect_cmd  # noqa: E402,F401
 from qconvert.cli import providers_cmd as _providers_cmd  # noqa: E402,F401

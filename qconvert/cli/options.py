@@ -41,6 +41,11 @@ MaxDropOpt = Annotated[float | None, typer.Option(
     "--max-drop", help="Gate: top-1 accuracy drop in points (needs --labels).", show_default=False)]
 MinSqnrOpt = Annotated[float | None, typer.Option(
     "--min-sqnr", help="Gate: signal-to-quantization-noise ratio in dB, every output.", show_default=False)]
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="Evaluation data, read like --calib: .npz file or folder, .npy folder, ONNX test data, "
+                   "images, or a plugin.", show_default=False)]
+SamplesOpt = Annotated[int | None, typer.Option(
+    "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
 RunsOpt = Annotated[int | None, typer.Option(
     "--runs", min=1, help="Timed runs per model [default: 100].", show_default=False)]
 MinSpeedupOpt = Annotated[float | None, typer.Option(

@@ -18,6 +18,7 @@ from rich.table import Table
 from qconvert.errors import GateFailedError, QconvertError
 from qconvert.results import (
     SCHEMA_VERSION,
+    AnalyzeResult,
     BenchmarkResult,
     Gate,
     InspectResult,
@@ -28,7 +29,9 @@ from qconvert.results import (
 
 if TYPE_CHECKING:
     from qconvert.pipeline import PipelineResult
+    from qconvert.presets import Preset
     from qconvert.providers import Placement, ProviderInfo
+    from qconvert.search import SearchResult, Trial
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -181,6 +184,38 @@ def _validate_text(r: ValidateResult) -> None:
     gates(r.gates)
 
 
+def _db(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return "exact" if value == float("inf") else _fmt(value, ".1f")
+
+
+def analyze_result(r: AnalyzeResult, *, as_json: bool, top: int) -> None:
+    if as_json:
+        print_json(r.to_dict())
+        return
+    out.print(f"[bold]{escape(r.quantized_path)}[/] vs FP32 [bold]{escape(r.fp32_path)}[/] ({escape(r.reference)})"
+              f" on {r.samples} samples: {r.quantized_tensors} quantized tensors, {r.matched_tensors} tensors matched",
+              highlight=False)
+    shown = min(top, len(r.nodes))
+    table = Table(title=f"nodes by the error they add on their own (own: from FP32 inputs; total: in the "
+                        f"quantized model; upstream: share of the total noise carried in), worst first "
+                        f"({shown} of {r.ranked_nodes})", title_justify="left")
+    for column in ("#", "node", "op", "own dB", "own cos", "total dB", "upstream", "weight dB"):
+        table.add_column(column, justify="left" if column in ("node", "op") else "right",
+                         overflow="fold", no_wrap=column not in ("node", "op"))
+    for rank, n in enumerate(r.nodes[:top], 1):
+        table.add_row(str(rank), escape(n.node), n.op_type, _db(n.own_sqnr_db), _fmt(n.own_cosine, ".5f"),
+                      _db(n.total_sqnr_db), f"{n.carried_share * 100:.0f}%", _db(n.weight_sqnr_db))
+    out.print(table)
+    tensors = Table(title="quantized tensors, dequantized vs FP32, worst first", title_justify="left")
+    for column in ("tensor", "kind", "SQNR dB", "cosine"):
+        tensors.add_column(column, justify="left" if column in ("tensor", "kind") else "right", overflow="fold")
+    for t in r.tensors[:top]:
+        tensors.add_row(escape(t.name), t.kind, _db(t.sqnr_db), _fmt(t.cosine, ".5f"))
+    out.print(tensors)
+
+
 def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
     if as_json:
         print_json(r.to_dict())
@@ -204,6 +239,50 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
     fallback_warnings([(m.path, m.placement) for m in r.models])
 
 
+def presets(items: list[Preset], explicit: list[str]) -> None:
+    """What each preset expanded to (stderr: it explains the run; the result records the config)."""
+    for p in items:
+        settings = " ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in p.settings.items())
+        err.print(f"[bold]preset {p.name}[/] ({p.kind}): {escape(settings)}", highlight=False)
+        err.print(f"  [dim]{escape(p.summary)}[/]", highlight=False)
+    if explicit:
+        err.print(f"  [dim]given explicitly, over the preset(s): {', '.join(explicit)}[/]", highlight=False)
+
+
+def trial(t: Trial) -> None:
+    """One accuracy-search round, as it finishes (stderr: progress, not the result)."""
+    drop = "" if t.accuracy_drop is None else f" · drop {t.accuracy_drop:.2f} pts"
+    verdict = "[green]meets the target[/]" if t.passed else "[yellow]misses[/]"
+    err.print(f"trial {t.index}: {len(t.kept)} node(s) in float · worst cosine {_fmt(t.worst_cosine, '.5f')} · "
+              f"SQNR {_fmt(t.sqnr_db, '.1f')} dB{drop} · {verdict}", highlight=False)
+
+
+def search_result(r: SearchResult) -> None:
+    table = Table(title=f"accuracy search: {len(r.trials)} trial(s), {r.ranked_nodes} nodes ranked by own error; "
+                        f"FP32 p50 {_fmt(r.fp32_p50_ms, '.3f')} ms", title_justify="left")
+    for column in ("trial", "in float", "worst cosine", "SQNR dB", "drop pts", "p50 ms", "speedup", "target"):
+        table.add_column(column, justify="right")
+    for t in r.trials:
+        mark = "[green]met[/]" if t.passed else "missed"
+        chosen = " ←" if t.index == r.chosen else ""
+        table.add_row(f"{t.index}{chosen}", str(len(t.kept)), _fmt(t.worst_cosine, ".5f"), _fmt(t.sqnr_db, ".1f"),
+                      _fmt(t.accuracy_drop, ".2f"), _fmt(t.p50_ms, ".3f"),
+                      "—" if t.speedup is None else f"{t.speedup:.2f}×", mark)
+    out.print(table)
+    if r.kept:
+        kept = Table(title="kept in float (rank by own error)", title_justify="left")
+        for column in ("rank", "node", "op", "own SQNR dB", "total SQNR dB"):
+            kept.add_column(column, justify="left" if column in ("node", "op") else "right", overflow="fold")
+        for k in r.kept:
+            kept.add_row(str(k.rank), escape(k.node), k.op_type, _db(k.own_sqnr_db), _db(k.total_sqnr_db))
+        out.print(kept)
+    if not r.met:
+        err.print("[bold red]the accuracy search did not reach the target[/] within its trials: the closest model "
+                  "was written", highlight=False)
+    for note in r.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
 def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json: bool) -> None:
     """quantize, then validate and benchmark when asked; `payload` is what the report holds."""
     if as_json:
@@ -213,6 +292,8 @@ def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json
         fallback_warnings([(m.path, m.placement) for m in r.benchmark.models] if r.benchmark else [])
         return
     quantize_result(r.quantize)
+    if r.search is not None:
+        search_result(r.search)
     if r.validate is not None:
         validate_result(r.validate, as_json=False)
     if r.benchmark is not None:

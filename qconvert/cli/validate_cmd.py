@@ -10,6 +10,7 @@ import typer
 from qconvert.cli import options
 from qconvert.cli.app import command
 from qconvert.cli.options import (
+    DataOpt,
     EpOpt,
     EpOptionOpt,
     ImageSizeOpt,
@@ -20,16 +21,11 @@ from qconvert.cli.options import (
     MeanOpt,
     MinCosineOpt,
     MinSqnrOpt,
+    SamplesOpt,
     ShapeOpt,
     StdOpt,
     ThreadsOpt,
 )
-
-DataOpt = Annotated[str, typer.Option(
-    "--data", help="Evaluation data, read like --calib: .npz file or folder, .npy folder, ONNX test data, "
-                   "images, or a plugin.", show_default=False)]
-SamplesOpt = Annotated[int | None, typer.Option(
-    "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
 
 
 @command("validate")

@@ -1,0 +1,48 @@
+"""`qconvert analyze`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qconvert.cli import options
+from qconvert.cli.app import command
+from qconvert.cli.options import DataOpt, ImageSizeOpt, JsonOpt, LayoutOpt, MeanOpt, ShapeOpt, StdOpt
+
+TopOpt = Annotated[int | None, typer.Option(
+    "--top", min=1, help="Show only the worst N nodes and tensors [default: 20 in the table, all in --json].",
+    show_default=False)]
+SkipLabelsOpt = Annotated[str | None, typer.Option(
+    "--labels", help="Key of class labels stored beside the inputs (npz), skipped: analyze compares tensors.",
+    show_default=False)]
+AnalyzeSamplesOpt = Annotated[int, typer.Option(
+    "--samples", min=1, help="Evaluation samples to analyze (three model runs each).")]
+
+
+@command("analyze")
+def analyze(
+    fp32_model: Annotated[Path, typer.Argument(help="The FP32 original.", show_default=False)],
+    quantized_model: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
+    data: DataOpt,
+    labels: SkipLabelsOpt = None,
+    samples: AnalyzeSamplesOpt = 32,
+    top: TopOpt = None,
+    shape: ShapeOpt = None,
+    image_size: ImageSizeOpt = None,
+    mean: MeanOpt = "0",
+    std: StdOpt = "1",
+    layout: LayoutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank the nodes of a quantized model by the error each adds on its own, worst first."""
+    from qconvert import input_specs, load_model, open_data
+    from qconvert.analyze import analyze as run_analyze
+    from qconvert.cli import render
+
+    data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
+                                      mean=mean, std=std, layout=layout, labels=labels)
+    stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
+    result = run_analyze(fp32_model, quantized_model, stream, top=top)
+    render.analyze_result(result, as_json=as_json, top=top or 20)
