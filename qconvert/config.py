@@ -41,6 +41,22 @@ class CalibrationMethod(StrEnum):
     DISTRIBUTION = "distribution"
 
 
+class Target(StrEnum):
+    """Who runs the model: `generic` (onnxruntime's defaults) or a backend whose own QDQ rules
+    onnxruntime knows (`qnn`: its QNN helpers' per-op overrides, e.g. fixed Sigmoid/Tanh ranges)."""
+
+    GENERIC = "generic"
+    QNN = "qnn"
+
+
+class Sensitive(StrEnum):
+    """What the accuracy search does with the nodes that break accuracy: keep them in float, or
+    raise their activations to 16 bits (for NPUs, where float would fall back to the CPU)."""
+
+    FLOAT = "float"
+    INT16 = "int16"
+
+
 class Layout(StrEnum):
     NCHW = "NCHW"
     NHWC = "NHWC"
@@ -72,6 +88,9 @@ class QuantizeConfig:
     preprocess: bool = True
     # Inputs made static in the output (NPU providers such as QNN run only static shapes).
     fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    target: Target = Target.GENERIC
+    sensitive: Sensitive = Sensitive.FLOAT
+    presets: tuple[str, ...] = ()  # the presets this configuration was built from, for the record
 
     def to_dict(self) -> dict[str, object]:
         d = {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from qconvert.errors import OutputError
 from qconvert.model import LoadedModel, input_specs
 from qconvert.quantize import quantize
 from qconvert.results import SCHEMA_VERSION, BenchmarkResult, Gate, QuantizeResult, ValidateResult, versions
+from qconvert.search import SearchConfig, SearchResult, Trial, search_quantize
 from qconvert.validate import ValidateConfig, validate
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ class PipelineResult:
     quantize: QuantizeResult
     validate: ValidateResult | None
     benchmark: BenchmarkResult | None
+    search: SearchResult | None = None
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -49,6 +52,7 @@ class PipelineResult:
         return {
             "schema_version": SCHEMA_VERSION, "command": "pipeline",
             "quantize": self.quantize.to_dict(),
+            "search": self.search.to_dict() if self.search else None,
             "validate": self.validate.to_dict() if self.validate else None,
             "benchmark": self.benchmark.to_dict() if self.benchmark else None,
             "passed": self.passed, "versions": self.versions,
@@ -58,20 +62,27 @@ class PipelineResult:
 def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: CalibrationData | None, *,
                          config: QuantizeConfig, force: bool = False, evaluation: DataConfig | None = None,
                          validate_config: ValidateConfig | None = None,
-                         benchmark_config: BenchmarkConfig | None = None) -> PipelineResult:
-    """Quantize `model` into `output`; then, when `evaluation` is given, validate against FP32 on
-    it; then, when `benchmark_config` is given, time FP32 against quantized side by side."""
-    result = quantize(model, output, calibration, config=config, force=force)
+                         benchmark_config: BenchmarkConfig | None = None, search: SearchConfig | None = None,
+                         on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
+    """Quantize `model` into `output` (searching for the fewest nodes to keep in float when
+    `search` is given); then, when `evaluation` is given, validate against FP32 on it; then, when
+    `benchmark_config` is given, time FP32 against quantized side by side."""
     specs = input_specs(model.proto)
     validated = None
+    searched = None
+    if search is not None:
+        result, validated, searched = search_quantize(model, output, calibration, config=config, search=search,
+                                                      force=force, on_trial=on_trial)
+    else:
+        result = quantize(model, output, calibration, config=config, force=force)
     if evaluation is not None:
         validated = validate(model.path, output, open_data(evaluation, specs), config=validate_config)
     timed = None
     if benchmark_config is not None:
-        source = evaluation or DataConfig("synthetic")
+        source = evaluation or (search.evaluation if search else DataConfig("synthetic"))
         feeds = batch_feeds(open_data(source, specs), benchmark_config.batch)
         timed = benchmark([model.path, output], feeds, config=replace(benchmark_config, reference_first=True))
-    return PipelineResult(quantize=result, validate=validated, benchmark=timed)
+    return PipelineResult(quantize=result, validate=validated, benchmark=timed, search=searched)
 
 
 def write_report(payload: dict[str, object], path: str | Path) -> None:

@@ -229,3 +229,22 @@ def mlp_variant(kind: str, seed: int = 0) -> onnx.ModelProto:
         graph.node.append(helper.make_node("Mul", ["y_raw", "factor"], ["y"], name="post"))
     onnx.checker.check_model(model)
     return model
+
+
+def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul → MatMul → Relu → MatMul where the first MatMul makes one channel 1000× larger than
+    the rest and the second reads it with a tiny weight: quantizing that channel's tensor per
+    tensor wipes out the others, so mm1 (which reads it) breaks accuracy and nothing else does."""
+    rng = np.random.default_rng(seed)
+    w0 = _weights(rng, 16, 16)
+    w0[:, 0] *= 1000.0
+    w1 = _weights(rng, 16, 32)
+    w1[0, :] *= 1e-3
+    inits = [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
+             numpy_helper.from_array(_weights(rng, 32, 4), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="mm0"),
+             helper.make_node("MatMul", ["h0", "w1"], ["h"], name="mm1"),
+             helper.make_node("Relu", ["h"], ["hr"], name="relu"),
+             helper.make_node("MatMul", ["hr", "w2"], ["y"], name="mm2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)

@@ -29,12 +29,14 @@ from qconvert.cli.options import (
     StdOpt,
     ThreadsOpt,
 )
-from qconvert.config import ActivationType, CalibrationMethod, Mode, WeightType
+from qconvert.config import ActivationType, CalibrationMethod, Mode, Sensitive, Target, WeightType
 from qconvert.errors import UsageError
+from qconvert.presets import PRESETS, expand
 
 
 @command("quantize")
 def quantize(
+    ctx: typer.Context,
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.",
                                          show_default=False)],
@@ -42,6 +44,9 @@ def quantize(
         "--calib", help="Calibration data: .npz file or folder, .npy folder, ONNX test-data folder, image "
                         "folder, file.py:function, package.module:function, or 'synthetic'.",
         show_default=False)] = None,
+    preset: Annotated[list[str] | None, typer.Option(
+        "--preset", help=f"Start from a named configuration ({', '.join(PRESETS)}); repeatable: a target then a "
+                         "family. Options given explicitly override it.", show_default=False)] = None,
     mode: Annotated[Mode | None, typer.Option(
         help="static (QDQ, needs --calib) or dynamic; default: static with --calib, else dynamic.",
         show_default=False)] = None,
@@ -71,6 +76,11 @@ def quantize(
     fix_shape: Annotated[list[str] | None, typer.Option(
         "--fix-shape", help="Make an input static in the output, e.g. image=1,3,224,224 (NPU providers need "
                             "static shapes; repeatable).", show_default=False)] = None,
+    target: Annotated[Target, typer.Option(
+        help="Backend rules for static QDQ: generic, or qnn (onnxruntime's QNN helper overrides).")] = Target.GENERIC,
+    sensitive: Annotated[Sensitive, typer.Option(
+        help="Accuracy search: keep sensitive nodes in float, or raise their activations to 16 bits (qnn target).",
+        rich_help_panel="Accuracy search")] = Sensitive.FLOAT,
     calib_samples: CalibSamplesOpt = None,
     shape: ShapeOpt = None,
     image_size: ImageSizeOpt = None,
@@ -81,6 +91,16 @@ def quantize(
     validate_data: Annotated[str | None, typer.Option(
         "--validate", help="Then validate against FP32 on this data (read like --calib).",
         show_default=False, rich_help_panel="Then")] = None,
+    eval_data: Annotated[str | None, typer.Option(
+        "--eval-data", help="Accuracy search: measure against FP32 on this data (read like --calib) and keep the "
+                            "most harmful nodes in float until --min-cosine / --max-drop / --min-sqnr is met.",
+        show_default=False, rich_help_panel="Accuracy search")] = None,
+    max_trials: Annotated[int, typer.Option(
+        "--max-trials", min=1, help="Accuracy search: at most this many quantize-and-measure rounds.",
+        rich_help_panel="Accuracy search")] = 12,
+    eval_samples: Annotated[int | None, typer.Option(
+        "--eval-samples", min=1, help="Accuracy search: use at most this many evaluation samples.",
+        show_default=False, rich_help_panel="Accuracy search")] = None,
     labels: LabelsOpt = None,
     min_cosine: MinCosineOpt = None,
     max_drop: MaxDropOpt = None,
@@ -99,19 +119,30 @@ def quantize(
 ) -> None:
     """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate and
     benchmark it against FP32 in the same run (exit 3 when a gate fails)."""
-    from qconvert import QuantizeConfig, input_specs, load_model, open_data
+    from qconvert import input_specs, load_model, open_data
     from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
     from qconvert.pipeline import quantize_and_measure, write_report
+    from qconvert.search import SearchConfig
     from qconvert.validate import Gates, ValidateConfig
 
-    config = QuantizeConfig(
-        mode=mode, activations=activations, weights=weights, per_channel=per_channel, reduce_range=reduce_range,
-        symmetric_activations=symmetric_activations, symmetric_weights=symmetric_weights, method=method,
-        percentile=percentile, op_types=_split(op_types), exclude_op_types=_split(exclude_op_types),
-        exclude_nodes=tuple(exclude_nodes or ()), subgraphs=subgraphs, preprocess=preprocess,
-        fixed_shapes=options.parse_shapes(fix_shape, "--fix-shape"),
-    )
+    fields = {  # QuantizeConfig field: (CLI parameter, value)
+        "mode": ("mode", mode), "activations": ("activations", activations), "weights": ("weights", weights),
+        "per_channel": ("per_channel", per_channel), "reduce_range": ("reduce_range", reduce_range),
+        "symmetric_activations": ("symmetric_activations", symmetric_activations),
+        "symmetric_weights": ("symmetric_weights", symmetric_weights), "method": ("method", method),
+        "percentile": ("percentile", percentile), "op_types": ("op_types", _split(op_types)),
+        "exclude_op_types": ("exclude_op_types", _split(exclude_op_types)),
+        "exclude_nodes": ("exclude_nodes", tuple(exclude_nodes or ())), "subgraphs": ("subgraphs", subgraphs),
+        "preprocess": ("preprocess", preprocess),
+        "fixed_shapes": ("fix_shape", options.parse_shapes(fix_shape, "--fix-shape")),
+        "target": ("target", target), "sensitive": ("sensitive", sensitive),
+    }
+    given = {field: value for field, (param, value) in fields.items()
+             if _given(ctx, param)}
+    config = expand(_split(preset), given)
+    if preset:
+        render.presets([PRESETS[name] for name in config.presets], sorted(given))
     # Synthetic data for a model made static takes the fixed shapes unless --shape says otherwise.
     shape = shape or fix_shape
     data_config = None
@@ -120,27 +151,40 @@ def quantize(
                                           mean=mean, std=std, layout=layout)
     ep_config = options.ep_config(ep, ep_option, threads)
     evaluation = None
+    gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
     if validate_data is not None:
         evaluation = options.data_config(validate_data, samples=None, shape=shape, image_size=image_size,
                                          mean=mean, std=std, layout=layout, labels=labels)
-    elif labels or min_cosine is not None or max_drop is not None or min_sqnr is not None:
-        raise UsageError("accuracy gates need evaluation data", hint="add --validate DATA")
+    elif eval_data is None and (labels or min_cosine is not None or max_drop is not None or min_sqnr is not None):
+        raise UsageError("accuracy gates need evaluation data", hint="add --eval-data DATA or --validate DATA")
+    search = None
+    if eval_data is not None:
+        search = SearchConfig(
+            evaluation=options.data_config(eval_data, samples=eval_samples, shape=shape, image_size=image_size,
+                                           mean=mean, std=std, layout=layout, labels=labels),
+            gates=gates, max_trials=max_trials)
     if not then_benchmark and (runs is not None or min_speedup is not None):
         raise UsageError("--runs and --min-speedup need --benchmark")
     loaded = load_model(model)
     data = open_data(data_config, input_specs(loaded.proto)) if data_config else None
     result = quantize_and_measure(
         loaded, output, data, config=config, force=force, evaluation=evaluation,
-        validate_config=ValidateConfig(gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
-                                       ep=ep_config),
+        validate_config=ValidateConfig(gates=gates, ep=ep_config), search=search,
+        on_trial=render.trial if search else None,
         benchmark_config=BenchmarkConfig(runs=runs, min_speedup=min_speedup, ep=ep_config) if then_benchmark else None,
     )
-    steps = result.validate is not None or result.benchmark is not None
+    steps = result.validate is not None or result.benchmark is not None or result.search is not None
     payload = result.to_dict() if steps else result.quantize.to_dict()
     if report is not None:
         write_report(payload, report)
     render.pipeline_result(result, payload, as_json=as_json)
     result.raise_for_gates()
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether the user set `param` (on the command line or from the environment), not its default."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name != "DEFAULT"
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:

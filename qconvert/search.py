@@ -1,0 +1,273 @@
+"""Accuracy-driven quantization: keep the nodes that break accuracy in float, as few as possible.
+
+The model is prepared and calibrated once (`QuantizeJob`); each trial only re-runs onnxruntime's
+quantizer with a different set of nodes kept in float, then measures the result against FP32 on
+the evaluation data. When the first trial misses the target, `analyze` ranks the quantized nodes
+by the error each adds on its own (its output computed from FP32 inputs inside the quantized
+graph), and the search keeps the top k of that ranking in float: k = 1, 2, 4, … until the target
+is met, then bisects between the last miss and the first hit for the smallest k, within
+`max_trials`. No rule is specific to a model or an op type: the ranking comes from the data.
+
+Every trial's model is kept until the end, then timed against FP32 interleaved, so the report
+shows what each exclusion costs in latency.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qconvert.analyze import analyze
+from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.calibration import open_data
+from qconvert.config import DataConfig, QuantizeConfig, Sensitive
+from qconvert.errors import UsageError
+from qconvert.model import LoadedModel, TensorSpec, check_output_path, input_specs, move_into_place, staging_dir
+from qconvert.quantize import QuantizeJob
+from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
+from qconvert.validate import Gates, ValidateConfig, validate
+
+if TYPE_CHECKING:
+    from qconvert.calibration import CalibrationData
+
+DEFAULT_MAX_TRIALS = 12
+DOMINANT_DB = 6.0  # weights this many dB cleaner than a node's own error do not explain it
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What the search must reach, on which data, and how much it may spend."""
+
+    evaluation: DataConfig
+    gates: Gates
+    max_trials: int = DEFAULT_MAX_TRIALS  # quantize + validate rounds, the first (nothing kept) included
+    analyze_samples: int = 32  # evaluation samples used to rank nodes
+    benchmark_runs: int = 50  # timed runs per trial model at the end; 0 skips timing
+
+    def __post_init__(self) -> None:
+        if self.gates.min_cosine is None and self.gates.max_drop is None and self.gates.min_sqnr is None:
+            raise UsageError("the accuracy search needs a target", hint="add --min-cosine, --max-drop or --min-sqnr")
+        if self.max_trials < 1:
+            raise UsageError(f"--max-trials must be at least 1, got {self.max_trials}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"evaluation": self.evaluation.source, "target": self.gates.to_dict(), "max_trials": self.max_trials,
+                "analyze_samples": self.analyze_samples, "benchmark_runs": self.benchmark_runs}
+
+
+@dataclass
+class Trial:
+    index: int
+    kept: list[str]  # node names kept in float
+    worst_cosine: float  # lowest mean cosine over the outputs
+    sqnr_db: float  # lowest over the outputs
+    accuracy_drop: float | None  # points, with labels
+    passed: bool
+    p50_ms: float | None = None
+    speedup: float | None = None  # FP32 median latency / this one's
+
+    def to_dict(self) -> dict[str, object]:
+        return {"index": self.index, "kept_in_float": len(self.kept), "nodes": self.kept,
+                "worst_cosine": number(self.worst_cosine), "sqnr_db": number(self.sqnr_db, 3),
+                "accuracy_drop": number(self.accuracy_drop, 3), "passed": self.passed,
+                "p50_ms": number(self.p50_ms, 4), "speedup_vs_fp32": number(self.speedup, 3)}
+
+
+@dataclass(frozen=True)
+class KeptNode:
+    node: str
+    op_type: str
+    rank: int  # 1 = the largest own error
+    own_sqnr_db: float
+    total_sqnr_db: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.node, "op_type": self.op_type, "rank": self.rank,
+                "own_sqnr_db": number(self.own_sqnr_db, 3), "total_sqnr_db": number(self.total_sqnr_db, 3)}
+
+
+@dataclass
+class SearchResult:
+    config: SearchConfig
+    trials: list[Trial]
+    chosen: int  # index of the trial written to the output
+    kept: list[KeptNode]
+    ranked_nodes: int  # nodes the analysis ranked (0 when the first trial met the target)
+    fp32_p50_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return self.trials[self.chosen].passed
+
+    def to_dict(self) -> dict[str, object]:
+        return {"config": self.config.to_dict(), "met": self.met, "chosen_trial": self.chosen,
+                "kept_in_float": [k.to_dict() for k in self.kept], "ranked_nodes": self.ranked_nodes,
+                "fp32_p50_ms": number(self.fp32_p50_ms, 4), "trials": [t.to_dict() for t in self.trials],
+                "notes": self.notes}
+
+
+def _trial(index: int, kept: list[str], v: ValidateResult) -> Trial:
+    worst = min(v.outputs, key=lambda o: -math.inf if math.isnan(o.mean_cosine) else o.mean_cosine)
+    sqnr = min(o.sqnr_db for o in v.outputs)
+    return Trial(index, kept, worst.mean_cosine, sqnr, v.accuracy_drop, v.passed)
+
+
+def _score(t: Trial) -> tuple[float, float, int]:
+    """Ordering for "closest to the target" when none met it: accuracy first, fewer exclusions next."""
+    drop = -t.accuracy_drop if t.accuracy_drop is not None else 0.0
+    cosine = -math.inf if math.isnan(t.worst_cosine) else t.worst_cosine
+    return (drop, cosine, -len(t.kept))
+
+
+def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationData | None, *,
+                    config: QuantizeConfig, search: SearchConfig, force: bool = False,
+                    on_trial: Callable[[Trial], None] | None = None,
+                    ) -> tuple[QuantizeResult, ValidateResult, SearchResult]:
+    """Quantize `model` into `output` meeting `search.gates` on `search.evaluation` with the fewest
+    nodes kept in float. When the budget runs out first, the closest trial is written and the
+    returned validation's gates say it missed."""
+    out = Path(output)
+    check_output_path(out, inputs=(model.path,), force=force)
+    specs = input_specs(model.proto)
+    if search.gates.max_drop is not None and search.evaluation.labels is None:
+        raise UsageError("--max-drop needs labels", hint="name the labels key with --labels KEY")
+    with staging_dir(out) as work:
+        job = QuantizeJob(model, out, data, config, work)
+        trials: list[Trial] = []
+        runs: list[tuple[Path, QuantizeResult, ValidateResult]] = []
+
+        def run(keep: list[str], reasons: dict[str, str]) -> Trial:
+            folder = work / f"trial-{len(trials)}"
+            folder.mkdir()
+            path = folder / out.name
+            if config.sensitive is Sensitive.INT16:
+                quantized = job.run(path, widen=keep)
+            else:
+                quantized = job.run(path, {name: reasons[name] for name in keep})
+            checked = validate(model.path, path, open_data(search.evaluation, specs),
+                               config=ValidateConfig(gates=search.gates))
+            trial = _trial(len(trials), keep, checked)
+            trials.append(trial)
+            runs.append((path, quantized, checked))
+            if on_trial:
+                on_trial(trial)
+            return trial
+
+        ranking: list[_Suspect] = []
+        if not run([], {}).passed and search.max_trials > 1:
+            ranking = _rank(job, runs[0][0], search, specs, work)
+            _bisect(ranking, search.max_trials, config.sensitive is Sensitive.INT16, run)
+        passing = [t for t in trials if t.passed]
+        best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
+        result = SearchResult(search, trials, best.index, [], len(ranking))
+        result.kept = _kept(best.kept, ranking, job)
+        if not ranking and not trials[0].passed:
+            result.notes.append("no quantized node could be ranked against FP32 (tensor names did not match)")
+        if search.benchmark_runs:
+            _time_trials(model.path, [r[0] for r in runs], trials, result, search, specs)
+        path, quantized, checked = runs[best.index]
+        quantized.bytes_after = move_into_place(path, out)
+        checked.quantized_path = str(out)
+    return quantized, checked, result
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    """A ranked node and what must stay in float with it: the producers of the inputs whose
+    quantization makes most of its error (a tensor stays quantized while its producer or any
+    reader is quantized, so keeping the reader alone would not help)."""
+
+    node: NodeError
+    group: tuple[str, ...]
+
+
+def _rank(job: QuantizeJob, first: Path, search: SearchConfig, specs: list[TensorSpec], work: Path) -> list[_Suspect]:
+    """Quantized candidate nodes by the error each adds on its own, worst first."""
+    sample = replace(search.evaluation, max_samples=min(search.evaluation.max_samples or search.analyze_samples,
+                                                        search.analyze_samples))
+    report = analyze(job.prepared, first, open_data(sample, specs), work=work / "analyze",
+                     prepare_reference=False)
+    candidates = {c.name for c in job.plan.candidates if c.name not in job.plan.excluded}
+    quantized_inputs = {t.name for t in report.tensors if t.kind == "activation"}
+    graph = job.proto.graph
+    producers = {out: n.name for n in graph.node for out in n.output}
+    inputs = {n.name: list(n.input) for n in graph.node}
+    seen: set[str] = set()
+    ranking = []
+    for node in report.nodes:
+        if node.node not in candidates or node.node in seen or node.own_sqnr_db == math.inf:
+            continue
+        seen.add(node.node)
+        # A node's own error comes from its quantized inputs and weights (its output's quantization
+        # is charged to its readers). Unless its weights alone are about as bad, the inputs did it.
+        from_inputs = node.weight_sqnr_db is None or node.weight_sqnr_db > node.own_sqnr_db + DOMINANT_DB
+        culprits = [producers[t] for t in inputs.get(node.node, [])
+                    if from_inputs and t in quantized_inputs and t in producers]
+        ranking.append(_Suspect(node, (node.node, *dict.fromkeys(c for c in culprits if c in candidates))))
+    return ranking
+
+
+def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
+            run: Callable[[list[str], dict[str, str]], Trial]) -> None:
+    """Keep the top k suspects in float (or widen them): k doubles until a trial passes, then
+    bisects down to the smallest k."""
+    reasons: dict[str, str] = {}
+    for rank, suspect in enumerate(ranking, 1):
+        n = suspect.node
+        reasons.setdefault(n.node, f"kept in float by the accuracy search: rank {rank} by its own error "
+                                   f"(own SQNR {n.own_sqnr_db:.1f} dB)")
+        for other in suspect.group[1:]:
+            reasons.setdefault(other, f"kept in float by the accuracy search: writes an input whose quantization "
+                                      f"makes most of the error of {n.node} (rank {rank})")
+
+    def nodes(k: int) -> list[str]:
+        chosen = ranking[:k]
+        return [s.node.node for s in chosen] if widen else list(dict.fromkeys(m for s in chosen for m in s.group))
+
+    # Keeping every ranked node in float would leave nothing quantized: stop one short of that.
+    top = max(len(ranking) - (0 if widen else 1), 0)
+    trials = 1
+    failing, passing = 0, None
+    k = 1
+    while passing is None and failing < top and trials < max_trials:
+        k = min(k, top)
+        trials += 1
+        if run(nodes(k), reasons).passed:
+            passing = k
+        else:
+            failing = k
+        k *= 2
+    while passing is not None and passing - failing > 1 and trials < max_trials:
+        mid = (failing + passing) // 2
+        trials += 1
+        if run(nodes(mid), reasons).passed:
+            passing = mid
+        else:
+            failing = mid
+
+
+def _kept(names: list[str], ranking: list[_Suspect], job: QuantizeJob) -> list[KeptNode]:
+    """The nodes of a trial with the rank of the suspect that brought each in."""
+    op_types = {c.name: c.op_type for c in job.plan.candidates}
+    found: dict[str, KeptNode] = {}
+    for rank, suspect in enumerate(ranking, 1):
+        for name in suspect.group:
+            own = suspect.node if name == suspect.node.node else None
+            found.setdefault(name, KeptNode(name, op_types.get(name, "?"), rank,
+                                            own.own_sqnr_db if own else math.nan,
+                                            own.total_sqnr_db if own else math.nan))
+    return [found[name] for name in names if name in found]
+
+
+def _time_trials(fp32: Path, paths: list[Path], trials: list[Trial], result: SearchResult, search: SearchConfig,
+                 specs: list[TensorSpec]) -> None:
+    """FP32 and every trial model timed interleaved, one thread: the latency of each exclusion set."""
+    feeds = batch_feeds(open_data(search.evaluation, specs), 1)
+    timed = benchmark([fp32, *paths], feeds, config=BenchmarkConfig(runs=search.benchmark_runs, reference_first=True))
+    result.fp32_p50_ms = timed.models[0].p50_ms
+    for trial, latency in zip(trials, timed.models[1:], strict=True):
+        trial.p50_ms, trial.speedup = latency.p50_ms, latency.speedup
