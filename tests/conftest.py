@@ -30,3 +30,12 @@ def mlp(tmp_path: Path) -> Path:
 @pytest.fixture
 def mlp_calib(tmp_path: Path) -> Path:
     return models.write_npz(models.mlp(), tmp_path / "mlp.calib.npz", samples=16, seed=1)
+
+
+@pytest.fixture
+def outlier(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """models.outlier_mlp() with calibration and (disjoint) evaluation data."""
+    model = models.outlier_mlp()
+    return (models.save(model, tmp_path / "outlier.onnx"),
+            models.write_npz(model, tmp_path / "outlier.calib.npz", samples=32, seed=1),
+            models.write_npz(model, tmp_path / "outlier.eval.npz", samples=64, seed=2))

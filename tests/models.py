@@ -232,7 +232,7 @@ def mlp_variant(kind: str, seed: int = 0) -> onnx.ModelProto:
 
 
 def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
-    """MatMul → MatMul → Relu → MatMul where the first MatMul makes one channel 1000× larger than
+    """MatMul → MatMul → Relu → MatMul where the first MatMul makes one channel 1000 times larger than
     the rest and the second reads it with a tiny weight: quantizing that channel's tensor per
     tensor wipes out the others, so mm1 (which reads it) breaks accuracy and nothing else does."""
     rng = np.random.default_rng(seed)

@@ -1,0 +1,98 @@
+"""The accuracy search: the fewest nodes kept in float to meet a target, found from the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data
+from qconvert.config import Sensitive, Target
+from qconvert.errors import UsageError
+from qconvert.presets import expand
+from qconvert.search import SearchConfig, search_quantize
+from qconvert.validate import Gates
+from tests.conftest import SAMPLES
+
+
+def _search(model: Path, calib: Path, evaluation: Path, out: Path, *, config: QuantizeConfig | None = None,
+            **target: float) -> tuple:
+    loaded = load_model(model)
+    data = open_data(DataConfig(str(calib)), input_specs(loaded.proto))
+    search = SearchConfig(DataConfig(str(evaluation)), Gates(**target), benchmark_runs=3)
+    return search_quantize(loaded, out, data, config=config or QuantizeConfig(), search=search)
+
+
+def test_keeps_the_culprit_and_the_writer_of_its_input_in_float(outlier: tuple[Path, Path, Path],
+                                                                tmp_path: Path) -> None:
+    model, calib, evaluation = outlier
+    out = tmp_path / "q.onnx"
+    quantized, checked, result = _search(model, calib, evaluation, out, min_cosine=0.999)
+    assert not result.trials[0].passed and result.trials[0].worst_cosine < 0.9  # naive static breaks it
+    assert result.met and checked.passed and checked.quantized_path == str(out)
+    assert [k.node for k in result.kept] == ["mm1", "mm0"]  # mm1 reads h0; h0 stays quantized while mm0 is
+    assert len(result.trials) == 2  # found on the first try after ranking
+    assert quantized.quantized_nodes == 1  # mm2 is still quantized
+    reasons = {s.name: s.reason for s in quantized.skipped}
+    assert "rank 1 by its own error" in reasons["mm1"] and "makes most of the error of mm1" in reasons["mm0"]
+    assert all(t.p50_ms is not None for t in result.trials) and result.fp32_p50_ms
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops
+
+
+def test_a_met_target_needs_no_search(mlp: Path, mlp_calib: Path, tmp_path: Path) -> None:
+    _, _, result = _search(mlp, mlp_calib, mlp_calib, tmp_path / "q.onnx", min_cosine=0.99)
+    assert result.met and len(result.trials) == 1 and result.kept == [] and result.ranked_nodes == 0
+
+
+def test_an_unreachable_target_writes_the_closest_model_and_fails_its_gate(outlier: tuple[Path, Path, Path],
+                                                                           tmp_path: Path) -> None:
+    model, calib, evaluation = outlier
+    out = tmp_path / "q.onnx"
+    _, checked, result = _search(model, calib, evaluation, out, min_sqnr=200.0)
+    assert not result.met and not checked.passed and out.exists()
+    best = result.trials[result.chosen]
+    assert best.worst_cosine == max(t.worst_cosine for t in result.trials)
+    assert sum(1 for _ in tmp_path.iterdir()) == 4  # model, data; no staging left behind
+
+
+def test_search_on_a_sample_model_with_labels(tmp_path: Path) -> None:
+    model = SAMPLES / "digits_cnn.onnx"
+    loaded = load_model(model)
+    data = open_data(DataConfig(str(SAMPLES / "digits.calib.npz"), max_samples=64), input_specs(loaded.proto))
+    search = SearchConfig(DataConfig(str(SAMPLES / "digits.eval.npz"), max_samples=120, labels="labels"),
+                          Gates(max_drop=0.5), benchmark_runs=0)
+    _, checked, result = search_quantize(loaded, tmp_path / "q.onnx", data, config=QuantizeConfig(), search=search)
+    assert result.met and checked.accuracy_drop is not None and checked.accuracy_drop <= 0.5
+    assert result.fp32_p50_ms is None  # timing skipped
+
+
+def test_qnn_target_raises_sensitive_activations_to_16_bits(outlier: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    model, calib, evaluation = outlier
+    out = tmp_path / "q.onnx"
+    config = expand(["qnn-htp"])
+    assert config.target is Target.QNN and config.sensitive is Sensitive.INT16
+    _, _, result = _search(model, calib, evaluation, out, config=config, min_cosine=0.99)
+    assert result.trials[-1].kept  # the search widened something
+    types = {init.data_type for init in onnx.load(str(out)).graph.initializer if init.name.endswith("zero_point")}
+    assert onnx.TensorProto.UINT16 in types and onnx.TensorProto.UINT8 in types  # mixed 8/16-bit QDQ
+    assert result.trials[-1].worst_cosine > result.trials[0].worst_cosine
+
+
+def test_search_needs_a_target() -> None:
+    with pytest.raises(UsageError, match="needs a target"):
+        SearchConfig(DataConfig("x.npz"), Gates())
+
+
+def test_max_drop_needs_labels(mlp: Path, mlp_calib: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="labels"):
+        _search(mlp, mlp_calib, mlp_calib, tmp_path / "q.onnx", max_drop=1.0)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_widening_needs_the_qnn_target(mlp: Path, mlp_calib: Path, tmp_path: Path) -> None:
+    config = QuantizeConfig(sensitive=Sensitive.INT16)
+    with pytest.raises(UsageError, match="16 bits"):
+        _search(mlp, mlp_calib, mlp_calib, tmp_path / "q.onnx", config=config, min_cosine=0.99)
+
