@@ -50,10 +50,12 @@ class Target(StrEnum):
 
 
 class Sensitive(StrEnum):
-    """What the accuracy search does with the nodes that break accuracy: keep them in float, or
-    raise their activations to 16 bits (for NPUs, where float would fall back to the CPU)."""
+    """What the accuracy search does with the nodes that break accuracy: keep them in float,
+    quantize them dynamically (CPU: static for the rest, fast integer ops for them too), or raise
+    their activations to 16 bits (NPUs, where float would fall back to the CPU)."""
 
     FLOAT = "float"
+    DYNAMIC = "dynamic"
     INT16 = "int16"
 
 
@@ -89,6 +91,7 @@ class QuantizeConfig:
     # Inputs made static in the output (NPU providers such as QNN run only static shapes).
     fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     target: Target = Target.GENERIC
+    smooth: float | None = None  # SmoothQuant migration strength alpha (static mode), None: off
     sensitive: Sensitive = Sensitive.FLOAT
     presets: tuple[str, ...] = ()  # the presets this configuration was built from, for the record
 

@@ -67,8 +67,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "per_channel": False, "symmetric_activations": True, "symmetric_weights": True}),
     Preset("transformer", "family",
            "transformers: quantize the weight MatMuls/Gemms only, per channel; LayerNorm, Softmax, GELU and the "
-           "residual Adds stay in float, where their outliers would cost accuracy",
-           {"op_types": ("MatMul", "Gemm"), "per_channel": True}),
+           "residual Adds stay in float, where their outliers would cost accuracy; in static mode, SmoothQuant "
+           "(alpha 0.7) moves activation outliers into the weights first",
+           {"op_types": ("MatMul", "Gemm"), "per_channel": True, "smooth": 0.7}),
     Preset("cnn", "family",
            "CNNs: every quantizable op (Conv, pooling, Add, Concat, …) in static QDQ so whole blocks run in "
            "integer kernels; per-channel weights",

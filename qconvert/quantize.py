@@ -33,6 +33,7 @@ from qconvert.prepare import prepare
 from qconvert.ranges import Calibration, Progress, calibrate
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 from qconvert.runtime import quiet_onnxruntime
+from qconvert.smooth import smooth
 
 if TYPE_CHECKING:
     import onnx
@@ -254,6 +255,12 @@ def _check_types(config: QuantizeConfig, mode: Mode) -> None:
     if config.sensitive is Sensitive.INT16 and config.target is not Target.QNN:
         raise UsageError("raising sensitive nodes to 16 bits needs a target that runs mixed 8/16-bit QDQ",
                          hint="use --preset qnn-htp, or keep sensitive nodes in float")
+    if config.sensitive is Sensitive.DYNAMIC and config.target is not Target.GENERIC:
+        raise UsageError("dynamic quantization of sensitive nodes runs on CPUs only; NPUs run static QDQ",
+                         hint="keep sensitive nodes in float (--sensitive float) for this target")
+    if config.smooth is not None and not 0.0 <= config.smooth <= 1.0:
+        raise UsageError(f"--smooth takes a migration strength in [0, 1], got {config.smooth}",
+                         hint="0.5 suits BERT-sized models")
     if config.target is Target.QNN and mode is not Mode.STATIC:
         raise UsageError("the QNN target runs static QDQ only", hint="give --calib DATA (or drop --mode dynamic)")
     if not 0 < config.percentile <= 100:
@@ -301,6 +308,19 @@ class QuantizeJob:
             self.proto, self.prep = prepare(loaded.proto, self.prepared, enabled=config.preprocess,
                                             optimize=self.mode is Mode.STATIC, fixed_shapes=config.fixed_shapes)
         self.warnings.extend(self.prep.warnings)
+        self.smoothed = 0
+        if config.smooth is not None and self.mode is not Mode.STATIC:
+            self.warnings.append("--smooth applies to static quantization (dynamic mode measures activations at run "
+                                 "time): not applied")
+        if config.smooth is not None and self.mode is Mode.STATIC:
+            import onnx
+
+            assert data is not None
+            with quiet_onnxruntime():
+                self.smoothed = smooth(self.prepared, data, work, alpha=config.smooth)
+            self.proto = onnx.load(str(self.prepared), load_external_data=False)
+            if not self.smoothed:
+                self.warnings.append("--smooth: no MatMul with a constant 2-D weight to migrate scales into")
         self.plan = plan(self.proto, self.mode, config, self.subgraphs)
         if self.mode is Mode.STATIC and self.subgraphs and self.plan.subgraph_candidates:
             self.warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
@@ -332,23 +352,28 @@ class QuantizeJob:
 
     def run(self, staged: Path, keep_float: dict[str, str] | None = None,
             widen: list[str] | None = None) -> QuantizeResult:
-        """Quantize into `staged`, leaving the nodes in `keep_float` (name -> reason) in float and
-        raising the activations of the nodes in `widen` to 16 bits (QNN target only)."""
+        """Quantize into `staged`, leaving the nodes in `keep_float` (name -> reason) out of static
+        QDQ — in float, or quantized dynamically with `sensitive=dynamic` — and raising the
+        activations of the nodes in `widen` to 16 bits (QNN target only)."""
         import onnx
 
         the_plan = replace(self.plan, excluded={**self.plan.excluded, **(keep_float or {})})
         wide = self.widened_tensors(widen or [])
+        dynamic = sorted(keep_float or {}) if self.config.sensitive is Sensitive.DYNAMIC else []
+        static_out = staged.with_name("mixed-" + staged.name) if dynamic else staged
         samples = self.calibration.samples if self.calibration else 0
         t0 = time.perf_counter()
         with quiet_onnxruntime():
             if self.mode is Mode.STATIC and self.calibration is not None:
-                _run_static(self.prepared, staged, self.ranges_file, the_plan, self.config, self.external, wide)
+                _run_static(self.prepared, static_out, self.ranges_file, the_plan, self.config, self.external, wide)
             elif self.mode is Mode.STATIC:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate here
                 assert self.data is not None
                 reader = _Reader(self.data)
-                _run_static(self.prepared, staged, reader, the_plan, self.config, self.external, wide)
+                _run_static(self.prepared, static_out, reader, the_plan, self.config, self.external, wide)
                 samples = reader.count
-            else:
+            if self.mode is Mode.STATIC and dynamic:
+                _run_dynamic(static_out, staged, the_plan, self.config, self.external, [], only=dynamic)
+            elif self.mode is Mode.DYNAMIC:
                 _run_dynamic(self.prepared, staged, the_plan, self.config, self.external, the_plan.nodes_to_exclude)
         quant_seconds = time.perf_counter() - t0
         _check_loads(staged)
@@ -357,7 +382,7 @@ class QuantizeJob:
         if self.mode is Mode.STATIC:
             present = {gn.node.name for gn in iter_nodes(quantized_model.graph)}
             done |= {c.name for c in the_plan.candidates if c.name not in present}
-        done -= set(the_plan.excluded)
+        done -= set(the_plan.excluded) - set(dynamic)
         result_ops: dict[str, OpTypeCount] = {}
         skipped: list[SkippedNode] = []
         for c in the_plan.candidates:
@@ -496,7 +521,8 @@ def _ort_method(method: CalibrationMethod) -> Any:
 
 
 def _run_dynamic(src: Path, staged: Path, plan_: Plan, config: QuantizeConfig, external: bool,
-                 exclude: list[str]) -> None:
+                 exclude: list[str], only: list[str] | None = None) -> None:
+    """Integer-op quantization of the nodes not in `exclude` (or of the nodes in `only`)."""
     from onnxruntime.quantization import quantize_dynamic
 
     dynamic_ops = sorted(set(plan_.op_types) & candidate_op_types(Mode.DYNAMIC)) or plan_.op_types
@@ -505,6 +531,7 @@ def _run_dynamic(src: Path, staged: Path, plan_: Plan, config: QuantizeConfig, e
         quantize_dynamic(
             str(src), str(staged), op_types_to_quantize=dynamic_ops, per_channel=config.per_channel,
             reduce_range=config.reduce_range, weight_type=_quant_type(weight), nodes_to_exclude=exclude,
+            nodes_to_quantize=only,
             use_external_data_format=external,
             extra_options=_extra_options(config, Mode.DYNAMIC, subgraphs=plan_.subgraphs),
         )

@@ -28,6 +28,7 @@ import numpy as np
 from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
 from qconvert.errors import DataError, ModelError, QconvertError
+from qconvert.runtime import quiet_onnxruntime
 
 if TYPE_CHECKING:
     import onnx
@@ -189,6 +190,11 @@ def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationDa
         else:
             threshold = np.array(max(abs(s.low), abs(s.high)), dtype=s.high.dtype)
             edges[name] = (-threshold, threshold)
+    for name, (low, high) in edges.items():
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(np.float32(high) - np.float32(low))
+        if overflows:  # a ±3.4e38 mask fill: bin in float64, where the span fits
+            edges[name] = (float(low), float(high))
     hists: dict[str, np.ndarray] = {}
     hist_edges: dict[str, np.ndarray] = {}
     for index, values in _outputs(session, data, tensors):
@@ -212,4 +218,22 @@ def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationDa
         else:
             collector.histogram_dict[name] = (counts, hist_edges[name], s.low, s.high, edges[name][1])
     ort_method = OrtMethod.Entropy if method is CalibrationMethod.ENTROPY else OrtMethod.Percentile
-    return TensorsData(ort_method, collector.compute_collection_result())
+    with quiet_onnxruntime():  # the collector prints its progress on stdout
+        return TensorsData(ort_method, collector.compute_collection_result())
+
+
+def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: CalibrationData,
+                   work: Path) -> dict[str, np.ndarray]:
+    """Max |x| per channel (last axis) of each tensor over every sample, streamed."""
+    import onnx
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    session = exposing_session(exposed, tensors, work, external=True)
+    found: dict[str, np.ndarray] = {}
+    for _, values in _outputs(session, data, tensors):
+        for name, value in values.items():
+            if value.size:
+                peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                found[name] = np.maximum(found[name], peak) if name in found else peak
+    return found

@@ -4,8 +4,10 @@ The model is prepared and calibrated once (`QuantizeJob`); each trial only re-ru
 quantizer with a different set of nodes kept in float, then measures the result against FP32 on
 the evaluation data. When the first trial misses the target, `analyze` ranks the quantized nodes
 by the error each adds on its own (its output computed from FP32 inputs inside the quantized
-graph), and the search keeps the top k of that ranking in float: k = 1, 2, 4, … until the target
-is met, then bisects between the last miss and the first hit for the smallest k, within
+graph); the worst are re-ranked by the noise each causes at the outputs when it alone is
+quantized. The search keeps the top k of that ranking out of static QDQ (in float, quantized
+dynamically, or with 16-bit activations: `QuantizeConfig.sensitive`): k = 1, 2, 4, … until the
+target is met, then bisects between the last miss and the first hit for the smallest k, within
 `max_trials`. No rule is specific to a model or an op type: the ranking comes from the data.
 
 Every trial's model is kept until the end, then timed against FP32 interleaved, so the report
@@ -20,20 +22,35 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from qconvert.analyze import analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
-from qconvert.config import DataConfig, QuantizeConfig, Sensitive
-from qconvert.errors import UsageError
-from qconvert.model import LoadedModel, TensorSpec, check_output_path, input_specs, move_into_place, staging_dir
+from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
+from qconvert.errors import NothingQuantizedError, UsageError
+from qconvert.model import (
+    PROTOBUF_LIMIT,
+    LoadedModel,
+    TensorSpec,
+    check_output_path,
+    input_specs,
+    move_into_place,
+    staging_dir,
+)
 from qconvert.quantize import QuantizeJob
 from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
+from qconvert.runtime import quiet_onnxruntime
 from qconvert.validate import Gates, ValidateConfig, validate
 
 if TYPE_CHECKING:
+    import onnx
+
     from qconvert.calibration import CalibrationData
 
 DEFAULT_MAX_TRIALS = 12
+EFFECT_CANDIDATES = 64  # suspects whose effect on the outputs is measured, worst own error first
+EFFECT_SAMPLES = 16
 DOMINANT_DB = 6.0  # weights this many dB cleaner than a node's own error do not explain it
 
 
@@ -61,7 +78,8 @@ class SearchConfig:
 @dataclass
 class Trial:
     index: int
-    kept: list[str]  # node names kept in float
+    kept: list[str]  # node names taken out of 8-bit static QDQ
+    handling: str  # what happened to them: "float", "dynamic" or "int16" (QuantizeConfig.sensitive)
     worst_cosine: float  # lowest mean cosine over the outputs
     sqnr_db: float  # lowest over the outputs
     accuracy_drop: float | None  # points, with labels
@@ -70,7 +88,7 @@ class Trial:
     speedup: float | None = None  # FP32 median latency / this one's
 
     def to_dict(self) -> dict[str, object]:
-        return {"index": self.index, "kept_in_float": len(self.kept), "nodes": self.kept,
+        return {"index": self.index, "sensitive_nodes": len(self.kept), "handling": self.handling, "nodes": self.kept,
                 "worst_cosine": number(self.worst_cosine), "sqnr_db": number(self.sqnr_db, 3),
                 "accuracy_drop": number(self.accuracy_drop, 3), "passed": self.passed,
                 "p50_ms": number(self.p50_ms, 4), "speedup_vs_fp32": number(self.speedup, 3)}
@@ -105,15 +123,15 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, object]:
         return {"config": self.config.to_dict(), "met": self.met, "chosen_trial": self.chosen,
-                "kept_in_float": [k.to_dict() for k in self.kept], "ranked_nodes": self.ranked_nodes,
+                "sensitive_nodes": [k.to_dict() for k in self.kept], "ranked_nodes": self.ranked_nodes,
                 "fp32_p50_ms": number(self.fp32_p50_ms, 4), "trials": [t.to_dict() for t in self.trials],
                 "notes": self.notes}
 
 
-def _trial(index: int, kept: list[str], v: ValidateResult) -> Trial:
+def _trial(index: int, kept: list[str], handling: str, v: ValidateResult) -> Trial:
     worst = min(v.outputs, key=lambda o: -math.inf if math.isnan(o.mean_cosine) else o.mean_cosine)
     sqnr = min(o.sqnr_db for o in v.outputs)
-    return Trial(index, kept, worst.mean_cosine, sqnr, v.accuracy_drop, v.passed)
+    return Trial(index, kept, handling, worst.mean_cosine, sqnr, v.accuracy_drop, v.passed)
 
 
 def _score(t: Trial) -> tuple[float, float, int]:
@@ -140,17 +158,23 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         trials: list[Trial] = []
         runs: list[tuple[Path, QuantizeResult, ValidateResult]] = []
 
-        def run(keep: list[str], reasons: dict[str, str]) -> Trial:
+        def run(keep: list[str], reasons: dict[str, str]) -> Trial | None:
+            """One trial; None when keeping `keep` in float would leave nothing quantized."""
             folder = work / f"trial-{len(trials)}"
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)
             path = folder / out.name
-            if config.sensitive is Sensitive.INT16:
-                quantized = job.run(path, widen=keep)
-            else:
-                quantized = job.run(path, {name: reasons[name] for name in keep})
+            try:
+                if config.sensitive is Sensitive.INT16:
+                    quantized = job.run(path, widen=keep)
+                else:
+                    quantized = job.run(path, {name: reasons[name] for name in keep})
+            except NothingQuantizedError:
+                if not trials:
+                    raise
+                return None
             checked = validate(model.path, path, open_data(search.evaluation, specs),
                                config=ValidateConfig(gates=search.gates))
-            trial = _trial(len(trials), keep, checked)
+            trial = _trial(len(trials), keep, config.sensitive.value, checked)
             trials.append(trial)
             runs.append((path, quantized, checked))
             if on_trial:
@@ -158,8 +182,10 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             return trial
 
         ranking: list[_Suspect] = []
-        if not run([], {}).passed and search.max_trials > 1:
-            ranking = _rank(job, runs[0][0], search, specs, work)
+        first = run([], {})
+        assert first is not None
+        if not first.passed and search.max_trials > 1:
+            ranking = _by_output_effect(_rank(job, runs[0][0], search, specs, work), job, runs[0][0], search, specs)
             _bisect(ranking, search.max_trials, config.sensitive is Sensitive.INT16, run)
         passing = [t for t in trials if t.passed]
         best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
@@ -211,18 +237,121 @@ def _rank(job: QuantizeJob, first: Path, search: SearchConfig, specs: list[Tenso
     return ranking
 
 
+def _by_output_effect(ranking: list[_Suspect], job: QuantizeJob, first: Path, search: SearchConfig,
+                      specs: list[TensorSpec]) -> list[_Suspect]:
+    """Re-rank the worst `EFFECT_CANDIDATES` suspects by the error each causes at the outputs alone.
+
+    A node's own error says how badly it is quantized, not how much that matters downstream
+    (Softmax and residual paths absorb errors differently). For each suspect, a copy of the FP32
+    graph has only that node read its inputs and weights through the first trial's Q/DQ, and the
+    outputs' noise power against FP32 on a few samples measures its damage: noise powers of
+    independent errors add, so the nodes that cause the most, alone, are the first to keep in
+    float. The rest keep their own-error order. Static QDQ graphs under 2 GB only: dynamic graphs
+    rename the nodes they quantize, and bigger ones are not copied in memory.
+    """
+    import onnx
+
+    quant = onnx.load(str(first))
+    if job.mode is not Mode.STATIC or quant.ByteSize() >= PROTOBUF_LIMIT or len(ranking) < 2:
+        return ranking
+    prepared = onnx.load(str(job.prepared))
+    feeds = list(open_data(replace(search.evaluation, max_samples=EFFECT_SAMPLES), specs))
+    reference = _outputs(prepared, feeds)
+    noise: dict[str, float] = {}
+    for suspect in ranking[:EFFECT_CANDIDATES]:
+        variant = _only_quantized(prepared, quant, suspect.node.node)
+        if variant is not None:
+            noise[suspect.node.node] = _output_noise(variant, feeds, reference)
+    measured = sorted((s for s in ranking if s.node.node in noise), key=lambda s: -noise[s.node.node])
+    return measured + [s for s in ranking if s.node.node not in noise]
+
+
+def _only_quantized(prepared: onnx.ModelProto, quant: onnx.ModelProto, name: str) -> onnx.ModelProto | None:
+    """The FP32 graph with node `name` alone reading its inputs through the quantized graph's
+    QuantizeLinear/DequantizeLinear (and its dequantized weights)."""
+    import onnx
+
+    q_node = next((n for n in quant.graph.node if n.name == name), None)
+    if q_node is None:
+        return None
+    variant = onnx.ModelProto()
+    variant.CopyFrom(prepared)
+    node = next((n for n in variant.graph.node if n.name == name), None)
+    if node is None:
+        return None
+    producers = {out: n for n in quant.graph.node for out in n.output}
+    q_inits = {t.name: t for t in quant.graph.initializer}
+    added: set[str] = set()
+    extra: list[onnx.NodeProto] = []
+
+    def copy_in(source: onnx.NodeProto, inputs: list[str]) -> str:
+        made = onnx.NodeProto()
+        made.CopyFrom(source)
+        del made.input[:]
+        made.input.extend(inputs)
+        made.output[0] = f"{source.output[0]}::only::{name}"
+        made.name = f"{source.name}::only::{name}"
+        extra.append(made)
+        for t in inputs[1:] + ([inputs[0]] if inputs[0] in q_inits else []):
+            if t in q_inits and t not in added:
+                added.add(t)
+                variant.graph.initializer.append(q_inits[t])
+        return str(made.output[0])
+
+    for i, tensor in enumerate(q_node.input):
+        dq = producers.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear" or i >= len(node.input):
+            continue
+        q = producers.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            quantized = copy_in(q, [node.input[i], *q.input[1:]])
+            node.input[i] = copy_in(dq, [quantized, *dq.input[1:]])
+        elif dq.input[0] in q_inits:
+            node.input[i] = copy_in(dq, list(dq.input))
+    # Right before the node, in order: whatever they read exists by then.
+    position = list(variant.graph.node).index(node)
+    for offset, made in enumerate(extra):
+        variant.graph.node.insert(position + offset, made)
+    domains = {o.domain for o in variant.opset_import}
+    variant.opset_import.extend(o for o in quant.opset_import if o.domain not in domains)
+    return variant
+
+
+def _outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # fast to create
+    with quiet_onnxruntime():
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return [session.run(None, f) for f in feeds]
+
+
+def _output_noise(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                  reference: list[list[np.ndarray]]) -> float:
+    """Noise power at the outputs relative to their signal power, summed over samples."""
+    noise = signal = 0.0
+    for ref, out in zip(reference, _outputs(model, feeds), strict=True):
+        for r, g in zip(ref, out, strict=True):
+            r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+            noise += float(((g64 - r64) ** 2).sum())
+            signal += float((r64 ** 2).sum())
+    return noise / signal if signal else noise
+
+
 def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
-            run: Callable[[list[str], dict[str, str]], Trial]) -> None:
+            run: Callable[[list[str], dict[str, str]], Trial | None]) -> None:
     """Keep the top k suspects in float (or widen them): k doubles until a trial passes, then
     bisects down to the smallest k."""
     reasons: dict[str, str] = {}
     for rank, suspect in enumerate(ranking, 1):
         n = suspect.node
-        reasons.setdefault(n.node, f"kept in float by the accuracy search: rank {rank} by its own error "
+        reasons.setdefault(n.node, f"kept out of static QDQ by the accuracy search: rank {rank} by its error "
                                    f"(own SQNR {n.own_sqnr_db:.1f} dB)")
         for other in suspect.group[1:]:
-            reasons.setdefault(other, f"kept in float by the accuracy search: writes an input whose quantization "
-                                      f"makes most of the error of {n.node} (rank {rank})")
+            reasons.setdefault(other, f"kept out of static QDQ by the accuracy search: writes an input whose "
+                                      f"quantization makes most of the error of {n.node} (rank {rank})")
 
     def nodes(k: int) -> list[str]:
         chosen = ranking[:k]
@@ -236,7 +365,12 @@ def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
     while passing is None and failing < top and trials < max_trials:
         k = min(k, top)
         trials += 1
-        if run(nodes(k), reasons).passed:
+        trial = run(nodes(k), reasons)
+        if trial is None:  # nothing would be left quantized: search between the last miss and here
+            top = k - 1
+            k = failing + max((top - failing) // 2, 1)
+            continue
+        if trial.passed:
             passing = k
         else:
             failing = k
@@ -244,7 +378,8 @@ def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
     while passing is not None and passing - failing > 1 and trials < max_trials:
         mid = (failing + passing) // 2
         trials += 1
-        if run(nodes(mid), reasons).passed:
+        trial = run(nodes(mid), reasons)
+        if trial is not None and trial.passed:
             passing = mid
         else:
             failing = mid

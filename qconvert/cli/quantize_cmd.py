@@ -79,8 +79,13 @@ def quantize(
     target: Annotated[Target, typer.Option(
         help="Backend rules for static QDQ: generic, or qnn (onnxruntime's QNN helper overrides).")] = Target.GENERIC,
     sensitive: Annotated[Sensitive, typer.Option(
-        help="Accuracy search: keep sensitive nodes in float, or raise their activations to 16 bits (qnn target).",
+        help="Accuracy search: keep sensitive nodes in float, quantize them dynamically (CPU), or raise their "
+             "activations to 16 bits (qnn target).",
         rich_help_panel="Accuracy search")] = Sensitive.FLOAT,
+    smooth: Annotated[float | None, typer.Option(
+        "--smooth", min=0.0, max=1.0, help="SmoothQuant: migrate activation outliers into MatMul weights with this "
+                                           "strength alpha before static QDQ (0.5-0.8 for transformers).",
+        show_default=False)] = None,
     calib_samples: CalibSamplesOpt = None,
     shape: ShapeOpt = None,
     image_size: ImageSizeOpt = None,
@@ -136,7 +141,7 @@ def quantize(
         "exclude_nodes": ("exclude_nodes", tuple(exclude_nodes or ())), "subgraphs": ("subgraphs", subgraphs),
         "preprocess": ("preprocess", preprocess),
         "fixed_shapes": ("fix_shape", options.parse_shapes(fix_shape, "--fix-shape")),
-        "target": ("target", target), "sensitive": ("sensitive", sensitive),
+        "target": ("target", target), "sensitive": ("sensitive", sensitive), "smooth": ("smooth", smooth),
     }
     given = {field: value for field, (param, value) in fields.items()
              if _given(ctx, param)}

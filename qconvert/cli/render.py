@@ -253,14 +253,14 @@ def trial(t: Trial) -> None:
     """One accuracy-search round, as it finishes (stderr: progress, not the result)."""
     drop = "" if t.accuracy_drop is None else f" · drop {t.accuracy_drop:.2f} pts"
     verdict = "[green]meets the target[/]" if t.passed else "[yellow]misses[/]"
-    err.print(f"trial {t.index}: {len(t.kept)} node(s) in float · worst cosine {_fmt(t.worst_cosine, '.5f')} · "
+    err.print(f"trial {t.index}: {len(t.kept)} node(s) {t.handling} · worst cosine {_fmt(t.worst_cosine, '.5f')} · "
               f"SQNR {_fmt(t.sqnr_db, '.1f')} dB{drop} · {verdict}", highlight=False)
 
 
 def search_result(r: SearchResult) -> None:
     table = Table(title=f"accuracy search: {len(r.trials)} trial(s), {r.ranked_nodes} nodes ranked by own error; "
                         f"FP32 p50 {_fmt(r.fp32_p50_ms, '.3f')} ms", title_justify="left")
-    for column in ("trial", "in float", "worst cosine", "SQNR dB", "drop pts", "p50 ms", "speedup", "target"):
+    for column in ("trial", "sensitive", "worst cosine", "SQNR dB", "drop pts", "p50 ms", "speedup", "target"):
         table.add_column(column, justify="right")
     for t in r.trials:
         mark = "[green]met[/]" if t.passed else "missed"
@@ -270,7 +270,9 @@ def search_result(r: SearchResult) -> None:
                       "—" if t.speedup is None else f"{t.speedup:.2f}×", mark)
     out.print(table)
     if r.kept:
-        kept = Table(title="kept in float (rank by own error)", title_justify="left")
+        handling = {"float": "kept in float", "dynamic": "quantized dynamically", "int16": "16-bit activations"}
+        kept = Table(title=f"sensitive nodes, {handling.get(r.trials[r.chosen].handling, '')} (rank by error)",
+                     title_justify="left")
         for column in ("rank", "node", "op", "own SQNR dB", "total SQNR dB"):
             kept.add_column(column, justify="left" if column in ("node", "op") else "right", overflow="fold")
         for k in r.kept:

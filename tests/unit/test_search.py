@@ -17,10 +17,10 @@ from tests.conftest import SAMPLES
 
 
 def _search(model: Path, calib: Path, evaluation: Path, out: Path, *, config: QuantizeConfig | None = None,
-            **target: float) -> tuple:
+            labels: str | None = None, **target: float) -> tuple:
     loaded = load_model(model)
     data = open_data(DataConfig(str(calib)), input_specs(loaded.proto))
-    search = SearchConfig(DataConfig(str(evaluation)), Gates(**target), benchmark_runs=3)
+    search = SearchConfig(DataConfig(str(evaluation), labels=labels), Gates(**target), benchmark_runs=3)
     return search_quantize(loaded, out, data, config=config or QuantizeConfig(), search=search)
 
 
@@ -35,7 +35,7 @@ def test_keeps_the_culprit_and_the_writer_of_its_input_in_float(outlier: tuple[P
     assert len(result.trials) == 2  # found on the first try after ranking
     assert quantized.quantized_nodes == 1  # mm2 is still quantized
     reasons = {s.name: s.reason for s in quantized.skipped}
-    assert "rank 1 by its own error" in reasons["mm1"] and "makes most of the error of mm1" in reasons["mm0"]
+    assert "rank 1 by its error" in reasons["mm1"] and "makes most of the error of mm1" in reasons["mm0"]
     assert all(t.p50_ms is not None for t in result.trials) and result.fp32_p50_ms
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert "QuantizeLinear" in ops
@@ -96,3 +96,16 @@ def test_widening_needs_the_qnn_target(mlp: Path, mlp_calib: Path, tmp_path: Pat
     with pytest.raises(UsageError, match="16 bits"):
         _search(mlp, mlp_calib, mlp_calib, tmp_path / "q.onnx", config=config, min_cosine=0.99)
 
+
+
+def test_sensitive_nodes_quantized_dynamically_on_the_cpu(tmp_path: Path) -> None:
+    model = SAMPLES / "digits_transformer.onnx"
+    out = tmp_path / "q.onnx"
+    config = expand(["transformer"], {"sensitive": Sensitive.DYNAMIC, "smooth": None})
+    quantized, _, result = _search(model, SAMPLES / "digits.calib.npz", SAMPLES / "digits.eval.npz", out,
+                                   config=config, labels="labels", min_sqnr=38.0)
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert len(result.trials) > 1 and result.kept
+    assert {"QuantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"} <= ops  # static and dynamic mixed
+    kept = {k.node for k in result.kept}
+    assert not kept & {s.name for s in quantized.skipped}  # kept out of QDQ, yet quantized
