@@ -103,7 +103,6 @@ def minilm(work: Path) -> None:
     plain("static-transformer", expand(["transformer"], {"mode": Mode.STATIC}), calib)
     searched("static-search", QuantizeConfig(mode=Mode.STATIC))
     searched("static-transformer-search", expand(["transformer"], {"mode": Mode.STATIC}))
-    searched("static-transformer-smooth-search", expand(["transformer"], {"mode": Mode.STATIC, "smooth": 0.7}))
     searched("static-search+dynamic", QuantizeConfig(mode=Mode.STATIC, sensitive=Sensitive.DYNAMIC))
     searched("static-transformer-search+dynamic",
              expand(["transformer"], {"mode": Mode.STATIC, "sensitive": Sensitive.DYNAMIC}))
