@@ -28,7 +28,7 @@ from qconvert.analyze import analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
-from qconvert.errors import NothingQuantizedError, UsageError
+from qconvert.errors import ModelError, NothingQuantizedError, UsageError
 from qconvert.model import (
     PROTOBUF_LIMIT,
     LoadedModel,
@@ -157,6 +157,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         job = QuantizeJob(model, out, data, config, work)
         trials: list[Trial] = []
         runs: list[tuple[Path, QuantizeResult, ValidateResult]] = []
+        notes: list[str] = []
 
         def run(keep: list[str], reasons: dict[str, str]) -> Trial | None:
             """One trial; None when keeping `keep` in float would leave nothing quantized."""
@@ -171,6 +172,11 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             except NothingQuantizedError:
                 if not trials:
                     raise
+                return None
+            except ModelError as exc:  # onnxruntime failed on this combination: keep what was found
+                if not trials:
+                    raise
+                notes.append(f"a trial with {len(keep)} sensitive node(s) failed and ended the search: {exc.message}")
                 return None
             checked = validate(model.path, path, open_data(search.evaluation, specs),
                                config=ValidateConfig(gates=search.gates))
@@ -189,7 +195,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             _bisect(ranking, search.max_trials, config.sensitive is Sensitive.INT16, run)
         passing = [t for t in trials if t.passed]
         best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
-        result = SearchResult(search, trials, best.index, [], len(ranking))
+        result = SearchResult(search, trials, best.index, [], len(ranking), notes=notes)
         result.kept = _kept(best.kept, ranking, job)
         if not ranking and not trials[0].passed:
             result.notes.append("no quantized node could be ranked against FP32 (tensor names did not match)")

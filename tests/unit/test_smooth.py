@@ -31,7 +31,9 @@ def _residual_model() -> onnx.ModelProto:
              helper.make_node("Add", ["ab", "h"], ["y"], name="residual")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # loadable by older onnxruntime builds (onnxruntime-openvino 1.24)
+    return model
 
 
 def test_smoothing_is_exact_in_float_and_keeps_the_residual(tmp_path: Path) -> None:
