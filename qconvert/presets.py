@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from qconvert.config import ActivationType, Mode, QuantizeConfig, Sensitive, Target, WeightType
+from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
 from qconvert.errors import UsageError
 
 
@@ -68,8 +68,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("transformer", "family",
            "transformers: quantize the weight MatMuls/Gemms only, per channel; LayerNorm, Softmax, GELU and the "
            "residual Adds stay in float, where their outliers would cost accuracy; in static mode, SmoothQuant "
-           "(alpha 0.7) moves activation outliers into the weights first",
-           {"op_types": ("MatMul", "Gemm"), "per_channel": True, "smooth": 0.7}),
+           "(alpha 0.7) moves activation outliers into the weights first and percentile calibration (99.999) "
+           "clips the rare spikes that remain",
+           {"op_types": ("MatMul", "Gemm"), "per_channel": True, "smooth": 0.7,
+            "method": CalibrationMethod.PERCENTILE, "percentile": 99.999}),
     Preset("cnn", "family",
            "CNNs: every quantizable op (Conv, pooling, Add, Concat, …) in static QDQ so whole blocks run in "
            "integer kernels; per-channel weights",

@@ -9,7 +9,7 @@ import pytest
 from onnxruntime import __version__ as ort_version
 
 from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data
-from qconvert.config import Sensitive, Target
+from qconvert.config import CalibrationMethod, Sensitive, Target
 from qconvert.errors import UsageError
 from qconvert.presets import expand
 from qconvert.search import SearchConfig, search_quantize
@@ -110,7 +110,8 @@ def test_widening_needs_the_qnn_target(mlp: Path, mlp_calib: Path, tmp_path: Pat
 def test_sensitive_nodes_quantized_dynamically_on_the_cpu(tmp_path: Path) -> None:
     model = SAMPLES / "digits_transformer.onnx"
     out = tmp_path / "q.onnx"
-    config = expand(["transformer"], {"sensitive": Sensitive.DYNAMIC, "smooth": None})
+    config = expand(["transformer"], {"sensitive": Sensitive.DYNAMIC, "smooth": None,
+                                      "method": CalibrationMethod.MINMAX})
     quantized, _, result = _search(model, SAMPLES / "digits.calib.npz", SAMPLES / "digits.eval.npz", out,
                                    config=config, labels="labels", min_sqnr=38.0)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
