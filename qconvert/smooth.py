@@ -46,6 +46,40 @@ def _targets(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return found
 
 
+def _fold_into_producer(model: onnx.ModelProto, producer: onnx.NodeProto | None, inverse: np.ndarray,
+                        readers: dict[str, int]) -> bool:
+    """Fold X / s into the op that writes X when its output is linear in a constant it alone reads:
+    a Mul by a constant (GELU's final x 0.5), or LayerNormalization's scale and bias over the last
+    axis. Returns False (nothing changed) otherwise."""
+    from onnx import numpy_helper
+
+    if producer is None:
+        return False
+    inits = {t.name: t for t in model.graph.initializer}
+    if producer.op_type == "Mul":
+        slots = [1] if producer.input[1] in inits else [0] if producer.input[0] in inits else []
+    elif producer.op_type == "LayerNormalization":
+        axis = next((a.i for a in producer.attribute if a.name == "axis"), -1)
+        slots = [i for i in (1, 2) if i < len(producer.input) and producer.input[i]] if axis == -1 else []
+        if any(producer.input[i] not in inits for i in slots):
+            return False
+    else:
+        return False
+    values = [numpy_helper.to_array(inits[producer.input[i]]) for i in slots if producer.input[i] in inits]
+    if not slots or any(v.size not in (1, inverse.size) or (v.ndim > 1 and v.shape[-1] != v.size) for v in values):
+        return False
+    for i, value in zip(slots, values, strict=True):
+        alone = readers.get(producer.input[i], 0) == 1
+        name = producer.input[i] if alone else f"{producer.input[i]}::smoothed::{producer.name}"
+        folded = numpy_helper.from_array((value.reshape(-1) * inverse).astype(np.float32), name)
+        if alone:
+            inits[producer.input[i]].CopyFrom(folded)
+        else:
+            model.graph.initializer.append(folded)
+            producer.input[i] = folded.name
+    return True
+
+
 def smooth(model_path: Path, data: CalibrationData, work: Path, *, alpha: float = 0.5) -> int:
     """Rewrite the model at `model_path` (weights in its sidecar) in place; return how many MatMuls
     were smoothed."""
@@ -67,6 +101,7 @@ def smooth(model_path: Path, data: CalibrationData, work: Path, *, alpha: float 
     smoothed = 0
     new_nodes: list[tuple[int, onnx.NodeProto]] = []
     positions = {id(n): i for i, n in enumerate(model.graph.node)}
+    producers = {out: n for n in model.graph.node for out in n.output}
     for tensor, matmuls in targets.items():
         x_max = absmax.get(tensor)
         weights = [numpy_helper.to_array(inits[m.input[1]]) for m in matmuls]
@@ -77,11 +112,15 @@ def smooth(model_path: Path, data: CalibrationData, work: Path, *, alpha: float 
             scale = np.power(x_max, alpha) / np.power(w_max, 1.0 - alpha)
         scale = np.where(np.isfinite(scale) & (x_max > 0) & (w_max > 0), scale, 1.0)
         scale = np.clip(scale, *SCALE_LIMITS).astype(np.float32)
-        inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{tensor}::smooth_inverse")
-        model.graph.initializer.append(inverse)
-        scaled = f"{tensor}::smoothed"
-        mul = onnx.helper.make_node("Mul", [tensor, inverse.name], [scaled], name=f"{tensor}::smooth")
-        new_nodes.append((min(positions[id(m)] for m in matmuls), mul))
+        inverse = (1.0 / scale).astype(np.float32)
+        if readers[tensor] == len(matmuls) and _fold_into_producer(model, producers.get(tensor), inverse, readers):
+            scaled = tensor  # the producer now writes X / s itself: no extra op
+        else:
+            factor = numpy_helper.from_array(inverse, f"{tensor}::smooth_inverse")
+            model.graph.initializer.append(factor)
+            scaled = f"{tensor}::smoothed"
+            mul = onnx.helper.make_node("Mul", [tensor, factor.name], [scaled], name=f"{tensor}::smooth")
+            new_nodes.append((min(positions[id(m)] for m in matmuls), mul))
         for matmul, weight in zip(matmuls, weights, strict=True):
             name = matmul.input[1]
             folded = numpy_helper.from_array((weight * scale[:, None]).astype(np.float32),

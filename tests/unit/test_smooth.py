@@ -56,6 +56,24 @@ def test_smoothing_is_exact_in_float_and_keeps_the_residual(tmp_path: Path) -> N
     assert inverse[3] < inverse[0]  # the outlier channel is scaled down the most
 
 
+def test_the_scale_folds_into_a_constant_mul_when_only_matmuls_read_it(tmp_path: Path) -> None:
+    model = _residual_model()
+    graph = model.graph
+    residual = next(n for n in graph.node if n.name == "residual")
+    residual.input[1] = "ab"  # nothing but the two MatMuls reads h now
+    path = tmp_path / "m.onnx"
+    save_with_sidecar(model, path)
+    npz = models.write_npz(model, tmp_path / "d.npz", samples=16, seed=3)
+    feeds = {"x": np.load(npz)["x"]}
+    before = models.run(path, feeds)[0]
+    assert smooth(path, open_data(DataConfig(str(npz)), input_specs(load_model(path).proto)), tmp_path) == 2
+    np.testing.assert_allclose(models.run(path, feeds)[0], before, rtol=1e-4, atol=1e-4)
+    smoothed = onnx.load(str(path)).graph
+    assert not any(n.name.endswith("::smooth") for n in smoothed.node)  # folded: no extra op
+    folded = numpy_helper.to_array(next(t for t in smoothed.initializer if t.name == "scale"))
+    assert folded[3] < 50.0  # the outlier channel's multiplier shrank
+
+
 def test_smooth_runs_inside_quantize_and_is_recorded(tmp_path: Path) -> None:
     model = models.save(_residual_model(), tmp_path / "m.onnx")
     npz = models.write_npz(_residual_model(), tmp_path / "d.npz", samples=16, seed=3)
