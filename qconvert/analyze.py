@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
 
 SUFFIX = "::fp32"
+OWN = "::own"
 FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 INTEGER_WEIGHT_AXIS = {"MatMulInteger": -1, "ConvInteger": 0}  # the per-channel axis of their weight
 
@@ -85,6 +86,10 @@ class _Layout:
     weights: dict[str, str]  # FP32 weight initializer -> its DequantizeLinear output
     integer_weights: dict[str, tuple[str, str, str, int]]  # FP32 weight -> (quantized, scale, zero point, axis)
     weight_nodes: dict[str, str]  # FP32 weight -> the FP32 node that reads it
+    # Where to read each shared tensor in the quantized graphs: itself, or its DequantizeLinear
+    # output when the quantizer folded the op that wrote it (a Relu or Clip becomes the range of
+    # the QuantizeLinear after the op before it, which then writes the unclipped value).
+    compared: dict[str, str]
 
     @property
     def quantized_tensors(self) -> int:
@@ -148,7 +153,9 @@ def _layout(fp32: onnx.ModelProto, quant: onnx.ModelProto) -> _Layout:
                     weights[name] = node.output[0]
     readers = {name: n.name for n in fp32.graph.node for name in n.input if name in f_inits}
     weight_nodes = {w: readers[w] for w in (*weights, *integer_weights) if w in readers}
-    return _Layout(common, producers, activations, dynamic, weights, integer_weights, weight_nodes)
+    compared = {t: activations[t] if t in activations and q_producers[t].op_type != f_producers[t].op_type else t
+                for t in common}
+    return _Layout(common, producers, activations, dynamic, weights, integer_weights, weight_nodes, compared)
 
 
 def _session(model: onnx.ModelProto, outputs: list[str], path: Path) -> onnxruntime.InferenceSession:
@@ -178,13 +185,32 @@ def _local_model(quant: onnx.ModelProto, layout: _Layout, types: dict[str, int])
     local = onnx.ModelProto()
     local.CopyFrom(quant)
     shared = set(layout.common)
+    # A tensor compared after its QuantizeLinear (a folded Relu) is re-quantized from its own local
+    # value by a copy of that Q/DQ pair: the original pair now reads the FP32 value, for readers.
+    pairs = {n.input[0]: n for n in quant.graph.node if n.op_type == "QuantizeLinear"}
+    dequantizers = {n.output[0]: n for n in quant.graph.node if n.op_type == "DequantizeLinear"}
+    copies = []
+    for t, read in layout.compared.items():
+        if read != t and t in pairs and read in dequantizers:
+            q, dq = onnx.NodeProto(), onnx.NodeProto()
+            q.CopyFrom(pairs[t])
+            dq.CopyFrom(dequantizers[read])
+            q.name, q.output[0] = f"{q.name}{OWN}", f"{q.output[0]}{OWN}"
+            dq.name, dq.input[0], dq.output[0] = f"{dq.name}{OWN}", q.output[0], f"{t}{OWN}"
+            copies += [q, dq]
     for node in local.graph.node:
         for i, name in enumerate(node.input):
             if name in shared:
                 node.input[i] = name + SUFFIX
+    local.graph.node.extend(copies)  # after renaming: the copies read the local values
     local.graph.input.extend(onnx.helper.make_tensor_value_info(name + SUFFIX, types[name], None)
                              for name in layout.common)
     return local
+
+
+def _own_output(layout: _Layout, t: str) -> str:
+    """Where the local model holds tensor `t` as its writer computed it."""
+    return f"{t}{OWN}" if layout.compared[t] != t else t
 
 
 def analyze(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData, *,
@@ -211,9 +237,11 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
 
     with quiet_onnxruntime():
         ref = _session(fp32, layout.common, work / "fp32.onnx")
-        total = _session(quant, layout.common, work / "quantized.onnx")
+        compared = list(dict.fromkeys(layout.compared.values()))
+        total = _session(quant, compared, work / "quantized.onnx")
         dq_outputs = list(layout.activations.values()) + [n for y in layout.dynamic.values() for n in y]
-        local = _session(_local_model(quant, layout, types), layout.common + dq_outputs, work / "local.onnx")
+        local_outputs = list(dict.fromkeys([_own_output(layout, t) for t in layout.common] + dq_outputs))
+        local = _session(_local_model(quant, layout, types), local_outputs, work / "local.onnx")
     if signature(ref.get_inputs()) != signature(total.get_inputs()):
         raise ModelError(f"{quant_path} takes different inputs from {fp32_path}",
                          hint="compare a quantized model with the FP32 model it was quantized from")
@@ -221,12 +249,11 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     carried = {t: _Error() for t in layout.common}
     act = {t: _Error() for t in (*layout.activations, *layout.dynamic)}
     samples = 0
-    local_outputs = layout.common + dq_outputs
     for index, sample in enumerate(data):
         try:
             with quiet_onnxruntime():
                 ref_values = dict(zip(layout.common, ref.run(layout.common, sample), strict=True))
-                total_values = dict(zip(layout.common, total.run(layout.common, sample), strict=True))
+                total_values = dict(zip(compared, total.run(compared, sample), strict=True))
                 feeds = {**sample, **{t + SUFFIX: v for t, v in ref_values.items()}}
                 local_values = dict(zip(local_outputs, local.run(local_outputs, feeds), strict=True))
         except Exception as exc:
@@ -234,15 +261,16 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
             raise DataError(f"analysis failed on sample {index}: {text[0] if text else exc}",
                             hint="check the data against `qconvert inspect` of the FP32 model") from exc
         for t in layout.common:
-            carried[t].add(ref_values[t], total_values[t])
-            own[t].add(ref_values[t], local_values[t])
+            carried[t].add(ref_values[t], total_values[layout.compared[t]])
+            own[t].add(ref_values[t], local_values[_own_output(layout, t)])
+        known = {**sample, **ref_values}  # graph inputs are quantized too
         for t, dq in layout.activations.items():
-            if t in ref_values:
-                act[t].add(ref_values[t], local_values[dq])
+            if t in known:
+                act[t].add(known[t], local_values[dq])
         for t, (y, scale, zero) in layout.dynamic.items():
-            if t in ref_values:
+            if t in known:
                 restored = (local_values[y].astype(np.float32) - local_values[zero].astype(np.float32))
-                act[t].add(ref_values[t], restored * local_values[scale])
+                act[t].add(known[t], restored * local_values[scale])
         samples += 1
     if samples == 0:
         raise DataError(f"no samples in {data.description}", hint="give non-empty evaluation data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -34,19 +35,25 @@ def test_the_node_that_breaks_accuracy_ranks_first(outlier: tuple[Path, Path, Pa
     assert set(weights) == {"w0", "w1", "w2"} and all(t.sqnr_db > 35 for t in weights.values())
 
 
-@pytest.mark.parametrize("mode", [Mode.STATIC, Mode.DYNAMIC])
-def test_sample_transformer_report_is_consistent(tmp_path: Path, mode: Mode) -> None:
+@pytest.mark.parametrize(("name", "mode"), [("digits_transformer", Mode.STATIC), ("digits_transformer", Mode.DYNAMIC),
+                                           ("digits_cnn", Mode.STATIC)])
+def test_sample_model_reports_are_consistent(tmp_path: Path, name: str, mode: Mode) -> None:
+    model = SAMPLES / f"{name}.onnx"
     quant = tmp_path / "q.onnx"
-    calib = _data(TRANSFORMER, SAMPLES / "digits.calib.npz", 64) if mode is Mode.STATIC else None
-    quantize(TRANSFORMER, quant, calib, config=QuantizeConfig(mode=mode))
-    report = analyze(TRANSFORMER, quant, _data(TRANSFORMER, SAMPLES / "digits.eval.npz", 8, labels="labels"))
-    assert report.samples == 8 and report.quantized_tensors > 10 and report.ranked_nodes > 10
+    calib = _data(model, SAMPLES / "digits.calib.npz", 64) if mode is Mode.STATIC else None
+    quantize(model, quant, calib, config=QuantizeConfig(mode=mode))
+    report = analyze(model, quant, _data(model, SAMPLES / "digits.eval.npz", 8, labels="labels"))
+    assert report.samples == 8 and report.quantized_tensors > 10 and report.ranked_nodes > 5
     for node in report.nodes:
         assert 0.0 <= node.carried_share <= 1.0
-        assert node.own_sqnr_db > 20  # a healthy model: no node is broken (inf: exact on its own)
+        # A healthy model: no node is broken (inf: exact on its own). A Relu folded into the range
+        # of the op before it is compared after its QuantizeLinear, not as the unclipped value.
+        assert node.own_sqnr_db > 20, node
+    assert not any(math.isnan(t.sqnr_db) for t in report.tensors)  # graph inputs are measured too
     kinds = {t.kind for t in report.tensors}
     assert kinds == {"activation", "weight"}  # integer-op weights are found in dynamic mode too
-    assert report.reference == ("prepared like `qconvert quantize`" if mode is Mode.STATIC else "as given")
+    if mode is Mode.DYNAMIC:  # no graph optimisation before dynamic quantization: the names are the file's
+        assert report.reference == "as given"
 
 
 def test_unrelated_models_are_refused(mlp: Path, mlp_calib: Path, tmp_path: Path) -> None:
