@@ -28,8 +28,9 @@ import numpy as np
 
 from qconvert.errors import DataError, ModelError
 from qconvert.model import load_model
+from qconvert.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
-from qconvert.runtime import quiet_onnxruntime, signature
+from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     import onnx
@@ -44,7 +45,7 @@ INTEGER_WEIGHT_AXIS = {"MatMulInteger": -1, "ConvInteger": 0}  # the per-channel
 
 
 @dataclass
-class _Error:
+class ErrorSums:
     """Running noise and signal power and cosine of a value against its reference."""
 
     signal: float = 0.0
@@ -159,23 +160,10 @@ def _layout(fp32: onnx.ModelProto, quant: onnx.ModelProto) -> _Layout:
 
 
 def _session(model: onnx.ModelProto, outputs: list[str], path: Path) -> onnxruntime.InferenceSession:
-    """A CPU session (graph optimizations off, so every tensor keeps its name) exposing `outputs`."""
-    import onnx
-    import onnxruntime
-
-    present = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(outputs) if n not in present)
-    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
-    try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise ModelError(f"onnxruntime cannot load {path.name} for analysis: {text[0] if text else exc}",
-                         hint="analyze models onnxruntime runs on the CPU") from exc
+    """A one-thread CPU session exposing `outputs`, every tensor under its own name."""
+    return exposing_session(model, outputs, path, external=True, threads=1,
+                            failure=f"onnxruntime cannot load {path.name} for analysis",
+                            hint="analyze models onnxruntime runs on the CPU")
 
 
 def _local_model(quant: onnx.ModelProto, layout: _Layout, types: dict[str, int]) -> onnx.ModelProto:
@@ -245,9 +233,9 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     if signature(ref.get_inputs()) != signature(total.get_inputs()):
         raise ModelError(f"{quant_path} takes different inputs from {fp32_path}",
                          hint="compare a quantized model with the FP32 model it was quantized from")
-    own = {t: _Error() for t in layout.common}
-    carried = {t: _Error() for t in layout.common}
-    act = {t: _Error() for t in (*layout.activations, *layout.dynamic)}
+    own = {t: ErrorSums() for t in layout.common}
+    carried = {t: ErrorSums() for t in layout.common}
+    act = {t: ErrorSums() for t in (*layout.activations, *layout.dynamic)}
     samples = 0
     for index, sample in enumerate(data):
         try:
@@ -257,8 +245,7 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
                 feeds = {**sample, **{t + SUFFIX: v for t, v in ref_values.items()}}
                 local_values = dict(zip(local_outputs, local.run(local_outputs, feeds), strict=True))
         except Exception as exc:
-            text = str(exc).strip().splitlines()
-            raise DataError(f"analysis failed on sample {index}: {text[0] if text else exc}",
+            raise DataError(f"analysis failed on sample {index}: {first_line(exc)}",
                             hint="check the data against `qconvert inspect` of the FP32 model") from exc
         for t in layout.common:
             carried[t].add(ref_values[t], total_values[layout.compared[t]])
@@ -310,7 +297,7 @@ def _load_weights(model: onnx.ModelProto, path: Path) -> None:
         load_external_data_for_model(model, str(path.parent))
 
 
-def _weight_errors(fp32: onnx.ModelProto, quant: onnx.ModelProto, layout: _Layout) -> dict[str, _Error]:
+def _weight_errors(fp32: onnx.ModelProto, quant: onnx.ModelProto, layout: _Layout) -> dict[str, ErrorSums]:
     """Dequantized weights against the FP32 initializers: QDQ weights via one run of their
     DequantizeLinear nodes, integer-op weights as (W - zero point) * scale per channel."""
     from onnx import numpy_helper
@@ -325,9 +312,9 @@ def _weight_errors(fp32: onnx.ModelProto, quant: onnx.ModelProto, layout: _Layou
         shape = [1] * w.ndim
         shape[axis] = -1
         restored[name] = (w - np.reshape(zero, shape)) * np.reshape(scale, shape)
-    errors: dict[str, _Error] = {}
+    errors: dict[str, ErrorSums] = {}
     for name, value in restored.items():
-        error = _Error()
+        error = ErrorSums()
         error.add(numpy_helper.to_array(f_inits[name]), value)
         errors[name] = error
     return errors
@@ -359,8 +346,8 @@ def _db(value: float) -> float | None:
 
 
 def _result(fp32_path: Path, quant_path: Path, reference: str, data: CalibrationData, samples: int, layout: _Layout,
-            own: dict[str, _Error], carried: dict[str, _Error], act: dict[str, _Error],
-            weights: dict[str, _Error], top: int | None) -> AnalyzeResult:
+            own: dict[str, ErrorSums], carried: dict[str, ErrorSums], act: dict[str, ErrorSums],
+            weights: dict[str, ErrorSums], top: int | None) -> AnalyzeResult:
     weight_by_node: dict[str, list[str]] = {}
     for name, node in layout.weight_nodes.items():
         weight_by_node.setdefault(node, []).append(name)

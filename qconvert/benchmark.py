@@ -18,7 +18,7 @@ import numpy as np
 from qconvert.errors import DataError, ModelError, UsageError
 from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
 from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
-from qconvert.runtime import quiet_onnxruntime, signature
+from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
@@ -128,7 +128,7 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray], *,
         try:
             times = _time_runs(sessions, feeds, config)
         except Exception as exc:
-            raise DataError(f"a model failed to run on the benchmark inputs: {str(exc).strip().splitlines()[0]}",
+            raise DataError(f"a model failed to run on the benchmark inputs: {first_line(exc)}",
                             hint="check --shape / --batch / --data against `qconvert inspect`") from exc
     first_median = float(np.median(times[0])) * 1000.0  # ms, like Latency
     latencies = [_latency(p, t, config.batch, first_median if i else None, where)

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from qconvert.errors import EnvironmentFailure, ModelError, UsageError
-from qconvert.runtime import onnxruntime_distribution
+from qconvert.runtime import first_line, onnxruntime_distribution
 
 CPU = "CPUExecutionProvider"
 _SUFFIX = "ExecutionProvider"
@@ -101,7 +101,7 @@ def _register(plugin: _Plugin) -> None:
         try:
             ort.register_execution_provider_library(name, plugin.module.get_library_path())
         except Exception as exc:
-            raise EnvironmentFailure(f"{plugin.package} did not load: {_first_line(exc)}",
+            raise EnvironmentFailure(f"{plugin.package} did not load: {first_line(exc)}",
                                      hint=f"reinstall it (pip install --force-reinstall {plugin.package.split()[0]})"
                                      ) from exc
 
@@ -197,13 +197,9 @@ def create_session(model: str | Path, ep: EPConfig) -> Any:
         if not Path(model).is_file():
             raise ModelError(f"{model} does not exist", hint="check the path") from exc
         where = f"{info.name} with options {provider_options}" if provider_options else info.name
-        raise ModelError(f"{model} cannot be loaded on {where}: {_first_line(exc)}",
+        raise ModelError(f"{model} cannot be loaded on {where}: {first_line(exc)}",
                          hint="check the model with `qconvert inspect` and the --ep-option values") from exc
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

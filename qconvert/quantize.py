@@ -32,7 +32,7 @@ from qconvert.model import (
 from qconvert.prepare import prepare
 from qconvert.ranges import Calibration, Progress, calibrate
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
-from qconvert.runtime import quiet_onnxruntime
+from qconvert.runtime import first_line, quiet_onnxruntime
 from qconvert.smooth import smooth
 
 if TYPE_CHECKING:
@@ -221,10 +221,6 @@ class _Reader:
             raise StopIteration
         return sample
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _extra_options(config: QuantizeConfig, mode: Mode, subgraphs: bool) -> dict[str, Any]:
@@ -488,7 +484,7 @@ def _run_static(src: Path, staged: Path, calibration: Path | _Reader, plan_: Pla
     except Exception as exc:
         if isinstance(calibration, _Reader) and calibration.count == 0:
             raise DataError("no calibration samples", hint="give non-empty data") from exc
-        raise ModelError(f"onnxruntime could not quantize the model: {_first_line(exc)}",
+        raise ModelError(f"onnxruntime could not quantize the model: {first_line(exc)}",
                          hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
     if static_out != staged:
         subgraph_nodes = set(plan_.subgraph_candidates)
@@ -506,7 +502,7 @@ def _check_loads(path: Path) -> None:
         with quiet_onnxruntime():
             onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"onnxruntime produced a model it cannot load: {_first_line(exc)}",
+        raise ModelError(f"onnxruntime produced a model it cannot load: {first_line(exc)}",
                          hint="keep pre-processing on (it upgrades old opsets), or try --per-tensor; "
                               "no output was written") from exc
 
@@ -536,5 +532,5 @@ def _run_dynamic(src: Path, staged: Path, plan_: Plan, config: QuantizeConfig, e
             extra_options=_extra_options(config, Mode.DYNAMIC, subgraphs=plan_.subgraphs),
         )
     except Exception as exc:
-        raise ModelError(f"onnxruntime could not quantize the model: {_first_line(exc)}",
+        raise ModelError(f"onnxruntime could not quantize the model: {first_line(exc)}",
                          hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc

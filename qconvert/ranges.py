@@ -28,7 +28,7 @@ import numpy as np
 from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
 from qconvert.errors import DataError, ModelError, QconvertError
-from qconvert.runtime import quiet_onnxruntime
+from qconvert.runtime import first_line, quiet_onnxruntime
 
 if TYPE_CHECKING:
     import onnx
@@ -40,6 +40,8 @@ NUM_BINS = {CalibrationMethod.ENTROPY: 128, CalibrationMethod.PERCENTILE: 2048}
 NUM_QUANTIZED_BINS = 128
 
 Progress = Callable[[int], None]
+CANNOT_RUN = "onnxruntime cannot run the model to calibrate it"
+CANNOT_RUN_HINT = "check that onnxruntime runs the FP32 model; try --no-preprocess"
 
 
 @dataclass(frozen=True)
@@ -87,33 +89,33 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[st
     return list(chosen)
 
 
-def exposing_session(model: onnx.ModelProto, tensors: list[str], work: Path, *,
-                     external: bool) -> onnxruntime.InferenceSession:
-    """A CPU session on `model` with `tensors` added to its outputs (graph optimizations off, so
-    every tensor exists as named)."""
+def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, external: bool, failure: str,
+                     hint: str, threads: int = 0) -> onnxruntime.InferenceSession:
+    """A CPU session on `model`, saved at `path` with `tensors` added to its outputs (graph
+    optimizations off, so every tensor exists as named). `model` itself is left as it was.
+    A load failure is a ModelError: "`failure`: <onnxruntime's first line>"."""
     import onnx
     import onnxruntime
 
+    kept = len(model.graph.output)
     outputs = {o.name for o in model.graph.output}
     infos = {v.name: v for v in (*model.graph.value_info, *model.graph.input)}
     for name in tensors:
         if name not in outputs:
+            outputs.add(name)
             model.graph.output.append(infos[name] if name in infos else onnx.ValueInfoProto(name=name))
-    path = work / "exposed.onnx"
-    onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    try:
+        onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
+    finally:
+        del model.graph.output[kept:]
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     try:
         return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot run the model to calibrate it: {_first_line(exc)}",
-                         hint="check that onnxruntime runs the FP32 model; try --no-preprocess") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise ModelError(f"{failure}: {first_line(exc)}", hint=hint) from exc
 
 
 def _outputs(session: onnxruntime.InferenceSession, data: CalibrationData,
@@ -126,7 +128,7 @@ def _outputs(session: onnxruntime.InferenceSession, data: CalibrationData,
     except QconvertError:
         raise
     except Exception as exc:
-        raise DataError(f"calibration failed on sample {index}: {_first_line(exc)}",
+        raise DataError(f"calibration failed on sample {index}: {first_line(exc)}",
                         hint="check the calibration data against `qconvert inspect` of the model") from exc
 
 
@@ -144,7 +146,8 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     if not tensors:
         raise ModelError(f"{model_path}: no float tensor of {', '.join(op_types) or 'any op type'} to calibrate",
                          hint="check --op-types")
-    session = exposing_session(model, tensors, work, external=external)
+    session = exposing_session(model, tensors, work / "exposed.onnx", external=external, failure=CANNOT_RUN,
+                               hint=CANNOT_RUN_HINT)
     stats: dict[str, _Stats] = {}
     samples = 0
     for index, values in _outputs(session, data, tensors):
@@ -225,11 +228,8 @@ def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationDa
 def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: CalibrationData,
                    work: Path) -> dict[str, np.ndarray]:
     """Max |x| per channel (last axis) of each tensor over every sample, streamed."""
-    import onnx
-
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    session = exposing_session(exposed, tensors, work, external=True)
+    session = exposing_session(model, tensors, work / "exposed.onnx", external=True, failure=CANNOT_RUN,
+                               hint=CANNOT_RUN_HINT)
     found: dict[str, np.ndarray] = {}
     for _, values in _outputs(session, data, tensors):
         for name, value in values.items():

@@ -38,6 +38,12 @@ def quiet_onnxruntime() -> Iterator[None]:
         root.setLevel(level)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's run to many), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
     """Name, type and rank of each onnxruntime NodeArg (session inputs or outputs): what two models
     must share to be fed the same data."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qconvert.analyze import analyze
+from qconvert.analyze import ErrorSums, analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
@@ -337,13 +337,11 @@ def _outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list
 def _output_noise(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
                   reference: list[list[np.ndarray]]) -> float:
     """Noise power at the outputs relative to their signal power, summed over samples."""
-    noise = signal = 0.0
+    sums = ErrorSums()
     for ref, out in zip(reference, _outputs(model, feeds), strict=True):
         for r, g in zip(ref, out, strict=True):
-            r64, g64 = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
-            noise += float(((g64 - r64) ** 2).sum())
-            signal += float((r64 ** 2).sum())
-    return noise / signal if signal else noise
+            sums.add(np.asarray(r), np.asarray(g))
+    return sums.noise / sums.signal if sums.signal else sums.noise
 
 
 def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,

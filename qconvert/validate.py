@@ -18,7 +18,7 @@ import numpy as np
 from qconvert.errors import DataError, ModelError, UsageError
 from qconvert.providers import EPConfig, create_session, placement, resolve
 from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
-from qconvert.runtime import quiet_onnxruntime, signature
+from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
@@ -169,13 +169,13 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
             try:
                 ref = fp32.run(None, sample)
             except Exception as exc:
-                raise DataError(f"the FP32 model fails on sample {index}: {str(exc).strip().splitlines()[0]}",
+                raise DataError(f"the FP32 model fails on sample {index}: {first_line(exc)}",
                                 hint="check the data against `qconvert inspect` of the model") from exc
             try:
                 got = quant.run(None, sample)
             except Exception as exc:
                 raise ModelError(f"the quantized model fails on sample {index}: "
-                                 f"{str(exc).strip().splitlines()[0]}",
+                                 f"{first_line(exc)}",
                                  hint="the FP32 model ran on this sample; re-quantize, or try another --ep") from exc
             for acc, r, g in zip(accs, ref, got, strict=True):
                 acc.add(index, np.asarray(r), np.asarray(g))
