@@ -19,7 +19,6 @@ matches); tensors a graph optimizer renamed are counted as unmatched.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert.errors import DataError, ModelError
-from qconvert.model import load_model
+from qconvert.model import load_model, scratch_dir
 from qconvert.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
 from qconvert.runtime import first_line, quiet_onnxruntime, signature
@@ -209,7 +208,7 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     `prepare_reference=False` says `fp32_model` is already the graph the quantizer saw.
     """
     if work is None:
-        with tempfile.TemporaryDirectory(prefix="qconvert-analyze-") as tmp:
+        with scratch_dir() as tmp:
             return analyze(fp32_model, quantized_model, data, top=top, work=Path(tmp),
                            prepare_reference=prepare_reference)
     work.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,17 @@ class MissingDependencyError(EnvironmentFailure):
 
 class RuntimeFailure(EnvironmentFailure):
     """onnxruntime failed while running or quantizing the model."""
+
+
+def from_system_error(exc: MemoryError | OSError) -> EnvironmentFailure:
+    """What memory and file-system failures that escaped every step mean to the user (exit 4)."""
+    import errno
+
+    if isinstance(exc, MemoryError):
+        return EnvironmentFailure("out of memory", hint="use fewer --calib-samples, a smaller --batch, or a bigger "
+                                                        "machine; --max-memory stops a run early and cleanly")
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EnvironmentFailure(f"no space left on the device{where}",
+                                  hint="free some disk space; the previous output, if any, is untouched")
+    return EnvironmentFailure(f"{exc.strerror or exc}{where}", hint="check the path, its permissions and the disk")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -212,34 +215,173 @@ def check_output_path(output: Path, *, inputs: tuple[Path, ...], force: bool) ->
         if output.resolve() == src.resolve() or is_same_file(output, src):
             raise OutputError(f"output {output} is the input model {src}",
                               hint="write to a new file; qconvert never modifies its input")
+    ours = [p.name for p in output.parent.glob(f"{glob.escape(output.name)}*.data") if _is_sidecar_of(output, p.name)]
+    for src in inputs:
+        if ours and src.resolve().parent == output.resolve().parent and set(ours) & _locations(src):
+            raise OutputError(f"writing {output} would replace the external data of the input {src}",
+                              hint="choose another output name or folder")
     if (output.exists() or output.is_symlink()) and not force:
         raise OutputError(f"output exists: {output}", hint="pass --force to replace it")
     if not output.parent.exists():
         raise OutputError(f"output folder does not exist: {output.parent}", hint="create it first")
 
 
+TEMP_SUFFIX = ".qconvert-tmp"
+# The supervising CLI process (qconvert.cli.supervise) puts a pipe's file descriptor here; every
+# temporary path is logged to it so that a worker killed mid-write is cleaned up by its parent.
+TEMP_LOG_ENV = "QCONVERT_TEMP_LOG_FD"
+
+
+def _log_temporary(path: Path) -> None:
+    fd = os.environ.get(TEMP_LOG_ENV)
+    if fd and fd.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(fd), f"{path.resolve()}\n".encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    try:  # a zombie (killed, not yet reaped) answers kill(0) too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep_stale(folder: Path, stem: str) -> None:
+    """Remove temporaries `.{stem}.{pid}.*.qconvert-tmp` left in `folder` by killed processes."""
+    for path in folder.glob(f".{glob.escape(stem)}.*{TEMP_SUFFIX}"):
+        pid = path.name[len(stem) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            remove_temporary(path)
+
+
+def remove_temporary(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def temporary_path(folder: Path, stem: str, *, directory: bool) -> Path:
+    """A new temporary file or folder in `folder`, named after `stem` and this process, logged for cleanup."""
+    prefix = f".{stem}.{os.getpid()}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
+        os.close(fd)
+        tmp = Path(name)
+    _log_temporary(tmp)
+    return tmp
+
+
 @contextlib.contextmanager
 def staging_dir(output: Path) -> Iterator[Path]:
-    """A temporary folder beside `output` (same file system, so renames are atomic), always removed."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".qconvert-tmp", dir=output.parent))
+    """A temporary folder beside `output` (same file system, so renames are atomic), always removed;
+    ones left by killed runs for the same output are removed first."""
+    sweep_stale(output.parent, output.name)
+    tmp = temporary_path(output.parent, output.name, directory=True)
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_temporary(tmp)
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary folder in the system's temp location, always removed (and logged for cleanup)."""
+    folder = Path(tempfile.gettempdir())
+    tmp = temporary_path(folder, "qconvert", directory=True)
+    try:
+        yield tmp
+    finally:
+        remove_temporary(tmp)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a text file through a temporary beside it and a rename: readers see the old or the new file."""
+    tmp = temporary_path(path.parent, path.name, directory=False)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        remove_temporary(tmp)
+
+
+def _locations(model: Path) -> set[str]:
+    import onnx
+
+    try:
+        return _external_files(onnx.load(str(model), load_external_data=False))
+    except Exception:  # noqa: BLE001 - a broken previous output has no sidecar worth keeping
+        return set()
 
 
 def move_into_place(staged: Path, output: Path) -> int:
-    """Rename a model staged (by `staging_dir`) beside `output` into place, with its sidecar if any.
+    """Rename a model staged (by `staging_dir`) beside `output` into place, all or nothing.
 
-    onnxruntime writes a model's sidecar as `<staged name>.data`; the staged model is named like
-    the output so the location recorded in it is already right.
+    onnxruntime writes a model's sidecar as `<staged name>.data`. It is renamed to a name that
+    carries a digest of its bytes (so the same weights always get the same name) and moved first:
+    until the model's own rename, the previous output still reads its previous sidecar. Then the
+    previous output's sidecars that the new model does not use are removed; only sidecars named
+    the way qconvert names them (`check_output_path` keeps inputs' sidecars out of that namespace).
     """
     sidecar = staged.parent / (staged.name + ".data")
     written = file_nbytes(staged)
+    previous = _locations(output) if output.is_file() and not output.is_symlink() else set()
+    new: set[str] = set()
     if sidecar.exists():
-        os.replace(sidecar, output.parent / sidecar.name)
-    os.replace(staged, output)
+        name = f"{output.name}.{_digest(sidecar)}.data"
+        _relocate(staged, sidecar.name, name)
+        written = staged.stat().st_size + sidecar.stat().st_size
+        os.replace(sidecar, output.parent / name)
+        new.add(name)
+    try:
+        os.replace(staged, output)
+    except BaseException:
+        for name in new - previous:
+            (output.parent / name).unlink(missing_ok=True)
+        raise
+    for name in sorted(previous - new):
+        stale = output.parent / name
+        if _is_sidecar_of(output, name) and stale.is_file():
+            stale.unlink()
     return written
+
+
+def _is_sidecar_of(output: Path, name: str) -> bool:
+    """Whether `name` is one of the sidecar names qconvert gives `output`'s weights."""
+    return re.fullmatch(re.escape(output.name) + r"(\.[0-9a-f]{12})?\.data", name) is not None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=6)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _relocate(model_path: Path, old: str, new: str) -> None:
+    """Point every external tensor of a saved model from sidecar `old` to sidecar `new`."""
+    import onnx
+    import onnx.external_data_helper as edh
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for tensor in edh._get_all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save(model, str(model_path))
 
 
 def file_nbytes(model: Path) -> int:

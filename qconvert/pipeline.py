@@ -7,7 +7,6 @@ benchmark runs on (the evaluation data's first batch, else synthetic inputs).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, QuantizeConfig
 from qconvert.errors import OutputError
-from qconvert.model import LoadedModel, input_specs
+from qconvert.model import LoadedModel, input_specs, write_atomically
 from qconvert.quantize import quantize
 from qconvert.results import SCHEMA_VERSION, BenchmarkResult, Gate, QuantizeResult, ValidateResult, versions
 from qconvert.search import SearchConfig, SearchResult, Trial, search_quantize
@@ -88,11 +87,8 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
 def write_report(payload: dict[str, object], path: str | Path) -> None:
     """Write a JSON report atomically: a temporary file beside it, then a rename."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, target)
+        write_atomically(target, json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}",
                           hint="check the folder exists and is writable") from exc

@@ -13,9 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from qconvert.calibration import CalibrationData
 from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
-from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, UsageError
+from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, RuntimeFailure, UsageError
 from qconvert.model import (
     PROTOBUF_LIMIT,
     LoadedModel,
@@ -374,6 +376,7 @@ class QuantizeJob:
         quant_seconds = time.perf_counter() - t0
         _check_loads(staged)
         quantized_model = onnx.load(str(staged), load_external_data=False)
+        _check_scales(quantized_model, staged)
         done = _quantized_names(quantized_model)
         if self.mode is Mode.STATIC:
             present = {gn.node.name for gn in iter_nodes(quantized_model.graph)}
@@ -505,6 +508,22 @@ def _check_loads(path: Path) -> None:
         raise ModelError(f"onnxruntime produced a model it cannot load: {first_line(exc)}",
                          hint="keep pre-processing on (it upgrades old opsets), or try --per-tensor; "
                               "no output was written") from exc
+
+
+def _check_scales(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a model whose quantization scales are not finite and positive: onnxruntime checks its
+    ranges with `assert`, which `python -O` removes."""
+    from onnx.numpy_helper import to_array
+
+    scales = {n.input[1] for gn in iter_nodes(model.graph) for n in [gn.node]
+              if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1}
+    for tensor in all_initializers(model):
+        if tensor.name in scales:
+            values = to_array(tensor, base_dir=str(path.parent)).astype(np.float64)
+            if not (np.isfinite(values).all() and (values > 0).all()):
+                raise RuntimeFailure(f"the quantizer wrote an invalid scale {tensor.name!r} ({values.ravel()[:4]})",
+                                     hint="the calibration ranges are not finite: check the data; no output "
+                                          "was written")
 
 
 def _ort_method(method: CalibrationMethod) -> Any:

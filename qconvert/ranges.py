@@ -58,14 +58,17 @@ class _Stats:
     high: np.ndarray
     abs_low: np.ndarray
 
+    # NaN is skipped like onnxruntime's calibrators do (np.fmin/fmax: no warning when all are NaN).
     def update(self, value: np.ndarray) -> None:
-        self.low = np.minimum(self.low, np.nanmin(value))
-        self.high = np.maximum(self.high, np.nanmax(value))
-        self.abs_low = np.minimum(self.abs_low, np.nanmin(np.abs(value)))
+        if value.size:
+            self.low = np.fmin(self.low, np.fmin.reduce(value, axis=None))
+            self.high = np.fmax(self.high, np.fmax.reduce(value, axis=None))
+            self.abs_low = np.fmin(self.abs_low, np.fmin.reduce(np.abs(value), axis=None))
 
     @classmethod
     def first(cls, value: np.ndarray) -> _Stats:
-        return cls(np.nanmin(value), np.nanmax(value), np.nanmin(np.abs(value)))
+        return cls(np.fmin.reduce(value, axis=None), np.fmax.reduce(value, axis=None),
+                   np.fmin.reduce(np.abs(value), axis=None))
 
 
 def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
@@ -161,6 +164,7 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
             progress(samples)
     if samples == 0:
         raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
+    _check_finite(stats)
 
     if method is CalibrationMethod.MINMAX:
         pairs: dict[str, Any] = {}
@@ -174,6 +178,15 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     else:
         ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, progress)
     return Calibration(ranges, samples, time.perf_counter() - started, len(stats))
+
+
+def _check_finite(stats: dict[str, _Stats]) -> None:
+    """onnxruntime's quantizer only `assert`s finite ranges (under `python -O` it writes NaN scales)."""
+    bad = [name for name, s in stats.items() if not (np.isfinite(s.low) and np.isfinite(s.high))]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(f"the model computes only NaN or ±Inf in {len(bad)} tensor(s) on the calibration data: {shown}",
+                        hint="check the data; or keep the nodes that read them in float with --exclude-nodes")
 
 
 def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationData, tensors: list[str],

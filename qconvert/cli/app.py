@@ -11,7 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from qconvert.errors import ExitCode, QconvertError
+from qconvert.cli import supervise
+from qconvert.errors import ExitCode, QconvertError, from_system_error
 
 app = typer.Typer(
     name="qconvert",
@@ -24,23 +25,44 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 _debug: ContextVar[bool] = ContextVar("qconvert_debug", default=False)
+_budget: ContextVar[supervise.Budget | None] = ContextVar("qconvert_budget", default=None)
+# Set by the console script only: in-process callers (tests, embedding) run commands in-process.
+_isolated: ContextVar[bool] = ContextVar("qconvert_isolated", default=False)
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        "--timeout", min=0.0, help="Stop (exit 4) after this many seconds.", show_default=False)] = None,
+    max_memory: Annotated[str | None, typer.Option(
+        "--max-memory", help="Stop (exit 4) when resident memory passes this size, e.g. 8G.",
+        show_default=False)] = None,
 ) -> None:
     _debug.set(debug)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not debug:
-        try:  # onnxruntime's C++ warnings would drown our own messages
-            import onnxruntime
+    try:
+        _budget.set(supervise.Budget(timeout, supervise.parse_size(max_memory) if max_memory else None))
+    except QconvertError as exc:
+        from qconvert.cli import render
 
-            onnxruntime.set_default_logger_severity(3)
-        except ImportError:
-            pass
+        render.error(exc, as_json=False)
+        raise typer.Exit(int(exc.exit_code)) from None
+
+
+def _quiet_runtime() -> None:
+    """onnxruntime's C++ warnings would drown our own messages. Done in the worker, never before the
+    fork: onnxruntime must not start in a process that forks afterwards."""
+    if _debug.get():
+        return
+    try:
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
 
 
 def command(name: str) -> Callable[[F], F]:
@@ -48,26 +70,43 @@ def command(name: str) -> Callable[[F], F]:
     from qconvert.cli import render
 
     def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            as_json = bool(kwargs.get("as_json"))
+        def run(args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool) -> int:
             try:
-                return func(*args, **kwargs)
+                _quiet_runtime()
+                func(*args, **kwargs)
+                return ExitCode.OK
+            except (MemoryError, OSError) as exc:
+                return failed(from_system_error(exc), as_json)
             except QconvertError as exc:
-                if _debug.get():
-                    logging.getLogger("qconvert").exception("error")
-                render.error(exc, as_json=as_json)
-                raise typer.Exit(int(exc.exit_code)) from None
+                return failed(exc, as_json)
             except KeyboardInterrupt:
                 render.interrupted()
-                raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-            except (typer.Exit, typer.Abort):
-                raise
+                return ExitCode.INTERRUPTED
+            except typer.Exit as exc:
+                return int(exc.exit_code)
             except Exception as exc:
                 if _debug.get():
                     raise
                 render.internal_error(exc)
-                raise typer.Exit(int(ExitCode.INTERNAL)) from None
+                return ExitCode.INTERNAL
+
+        def failed(exc: QconvertError, as_json: bool) -> int:
+            if _debug.get():
+                logging.getLogger("qconvert").exception("error")
+            render.error(exc, as_json=as_json)
+            return int(exc.exit_code)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            as_json = bool(kwargs.get("as_json"))
+            if _isolated.get() and supervise.available():
+                outcome = supervise.supervise(lambda: run(args, kwargs, as_json),
+                                               _budget.get() or supervise.Budget())
+                code = outcome if isinstance(outcome, int) else failed(outcome, as_json)
+            else:
+                code = run(args, kwargs, as_json)
+            if code:
+                raise typer.Exit(code)
 
         app.command(name)(wrapper)
         return func
@@ -80,8 +119,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: each command runs in a supervised worker process."""
     signal.signal(signal.SIGTERM, _terminate)
+    _isolated.set(True)
     app()
 
 
