@@ -120,6 +120,7 @@ class DataConfig:
     ignore_keys: tuple[str, ...] = field(default=())
     seed: int = 0
     labels: str | None = None  # key of per-sample class labels stored beside the inputs (evaluation)
+    allow_nonfinite: bool = False  # accept NaN/Inf in the samples instead of refusing them
 
     def shape_overrides(self) -> dict[str, tuple[int, ...]]:
         return dict(self.shapes)

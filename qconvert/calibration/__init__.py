@@ -35,7 +35,8 @@ def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
 
     def build(kind: str, description: str, factory: SampleFactory, synthetic: bool = False) -> CalibrationData:
         return CalibrationData(kind, description, specs, factory, max_samples=config.max_samples,
-                               synthetic=synthetic, ignore_keys=config.ignore_keys, label_key=config.labels)
+                               synthetic=synthetic, ignore_keys=config.ignore_keys, label_key=config.labels,
+                               allow_nonfinite=config.allow_nonfinite)
 
     if source == SYNTHETIC:
         count = config.max_samples or DEFAULT_SYNTHETIC_SAMPLES

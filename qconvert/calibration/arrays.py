@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from qconvert.calibration.base import Sample
+from qconvert.calibration.npyfile import load_npy, read_npz
 from qconvert.errors import DataError
 from qconvert.model import TensorSpec
 
-# A damaged zip fails in zipfile or zlib, not with an OSError.
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+_SAMPLES_HINT = "stack the samples along axis 0 of every array, the same number in each"
 
 
-def _read_npz(path: Path, ignore: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Every array of a .npz but the ignored ones, read now so a damaged file fails here."""
-    hint = "expected a .npz written by numpy.savez"
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # .npy content under a .npz name
-            raise DataError(f"cannot read {path}: it holds a bare array, not a .npz archive", hint=hint)
-        with loaded as npz:
-            return {k: npz[k] for k in npz.files if k not in ignore}
-    except _READ_ERRORS as exc:
-        raise DataError(f"cannot read {path}: {exc}", hint=hint) from exc
+def _files(folder: Path, pattern: str) -> list[Path]:
+    """Regular files only: a directory or FIFO named like data is skipped, never opened."""
+    return sorted(p for p in folder.glob(pattern) if p.is_file())
 
 
 def _split_batch(name: str, array: np.ndarray, specs: dict[str, TensorSpec]) -> Iterator[np.ndarray]:
@@ -41,12 +31,12 @@ def _split_batch(name: str, array: np.ndarray, specs: dict[str, TensorSpec]) -> 
 
 def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -> Iterator[Sample]:
     """One .npz, one array per input name, samples stacked along axis 0."""
-    arrays = _read_npz(path, ignore)
+    arrays = read_npz(path, ignore)
     if not arrays:
         raise DataError(f"{path} holds no arrays", hint="save one array per model input name")
     lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise DataError(f"{path}: arrays must share a non-empty axis 0 (sample count)",
+        raise DataError(f"{path}: arrays must share a non-empty axis 0 (sample count)", hint=_SAMPLES_HINT,
                         details=tuple(f"{k}: {n} samples" for k, n in lengths.items()))
     by_name = {s.name: s for s in specs}
     splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}
@@ -56,23 +46,18 @@ def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) ->
 
 def npz_folder(folder: Path, ignore: tuple[str, ...]) -> Iterator[Sample]:
     """A folder with one sample per .npz file, in name order."""
-    for path in sorted(folder.glob("*.npz")):
-        yield _read_npz(path, ignore)
+    for path in _files(folder, "*.npz"):
+        yield read_npz(path, ignore)
 
 
 def npy_folder(folder: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -> Iterator[Sample]:
     """A folder of `<input name>.npy` files, samples along axis 0, memory-mapped so only the
-    current sample is read."""
-    files = {p.stem: p for p in folder.glob("*.npy") if p.stem not in ignore}
-    arrays: dict[str, np.ndarray] = {}
-    for name, path in sorted(files.items()):
-        try:
-            arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except _READ_ERRORS as exc:
-            raise DataError(f"cannot read {path}: {exc}", hint="expected a .npy written by numpy.save") from exc
+    current sample is read; each header is checked against its file's size first."""
+    files = {p.stem: p for p in _files(folder, "*.npy") if p.stem not in ignore}
+    arrays = {name: load_npy(path) for name, path in sorted(files.items())}
     lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise DataError(f"{folder}: .npy arrays must share a non-empty axis 0 (sample count)",
+        raise DataError(f"{folder}: .npy arrays must share a non-empty axis 0 (sample count)", hint=_SAMPLES_HINT,
                         details=tuple(f"{k}.npy: {n} samples" for k, n in lengths.items()))
     by_name = {s.name: s for s in specs}
     splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}

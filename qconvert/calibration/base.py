@@ -46,12 +46,15 @@ def sample_mismatches(sample: Mapping[str, object], specs: list[TensorSpec], *,
     return problems
 
 
-def check_finite(sample: Mapping[str, np.ndarray], index: int) -> None:
+def check_finite(sample: Mapping[str, np.ndarray], index: int, *, source: str | None = None) -> None:
+    """Refuse NaN/Inf: they poison every range computed from the sample (opt out with `allow_nonfinite`)."""
     for name, value in sample.items():
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-            raise DataError(f"sample {index}, input {name!r}: {bad} NaN/Inf value(s)",
-                            hint="calibration data must be finite; clean or drop that sample")
+            where = f"{source}: " if source else ""
+            raise DataError(f"{where}sample {index}, input {name!r}: {bad} NaN/Inf value(s)",
+                            hint="clean or drop that sample, or pass --allow-nonfinite "
+                                 "(DataConfig.allow_nonfinite) to accept it")
 
 
 @dataclass
@@ -69,6 +72,7 @@ class CalibrationData:
     synthetic: bool = False
     ignore_keys: tuple[str, ...] = ()
     label_key: str | None = None  # a key carried beside the inputs, never fed to the model
+    allow_nonfinite: bool = False  # pass NaN/Inf through instead of refusing the sample
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -98,7 +102,8 @@ class CalibrationData:
                     details=tuple(problems),
                 )
             sample: Sample = {s.name: np.asarray(raw[s.name]) for s in self.specs}
-            check_finite(sample, count)
+            if not self.allow_nonfinite:
+                check_finite(sample, count, source=self.description)
             label = None
             if self.label_key:
                 if self.label_key not in raw:
@@ -113,4 +118,5 @@ class CalibrationData:
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "source": self.description, "synthetic": self.synthetic,
-                "max_samples": self.max_samples, "labels": self.label_key}
+                "max_samples": self.max_samples, "labels": self.label_key,
+                "allow_nonfinite": self.allow_nonfinite}

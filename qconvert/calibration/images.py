@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import struct
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,9 @@ from qconvert.errors import DataError, MissingDependencyError, UsageError
 from qconvert.model import TensorSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# Decoders tried on those files, by content: never Pillow's others (EPS runs Ghostscript).
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP")  # JPEG also opens multi-picture (MPO) files
+MAX_IMAGE_PIXELS = 8192 * 8192  # checked from the header, before decoding
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -41,11 +47,8 @@ def _layout_and_size(spec: TensorSpec, config: DataConfig) -> tuple[Layout, int,
 
 
 def image_folder(folder: Path, specs: list[TensorSpec], config: DataConfig) -> Iterator[Sample]:
-    try:
-        from PIL import Image
-    except ImportError as exc:
-        raise MissingDependencyError("reading image folders needs Pillow",
-                                     hint="pip install 'qconvert[images]'") from exc
+    if importlib.util.find_spec("PIL") is None:  # checked before any work, not at the first image
+        raise MissingDependencyError("reading image folders needs Pillow", hint="pip install 'qconvert[images]'")
     if len(specs) != 1:
         raise UsageError(f"image folders feed models with one input; this model has {len(specs)}",
                          hint="use .npz data or a plugin for multi-input models")
@@ -58,14 +61,30 @@ def image_folder(folder: Path, specs: list[TensorSpec], config: DataConfig) -> I
             raise UsageError(f"{n} has {values.shape[0]} values for {channels} channels",
                              hint=f"give 1 or {channels} comma-separated values")
     for path in image_files(folder):
-        try:
-            with Image.open(path) as img:
-                resized = img.convert("L" if channels == 1 else "RGB").resize((width, height),
-                                                                               Image.Resampling.BILINEAR)
-                pixels = np.asarray(resized, np.float32) / 255.0
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}", hint="remove or re-save that file") from exc
+        pixels = _decode(path, "L" if channels == 1 else "RGB", (width, height))
         chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
         chw = (chw - mean) / std
         array = chw if layout is Layout.NCHW else chw.transpose(1, 2, 0)
         yield {spec.name: np.ascontiguousarray(array[None], dtype=spec.dtype)}
+
+
+def _decode(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image as float32 in [0, 1], resized; its pixel count is checked from the header before
+    anything is decoded, and a truncated file is an error, never padded (LOAD_TRUNCATED_IMAGES is
+    left as Pillow ships it)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=IMAGE_FORMATS) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {path} is {width}×{height} = {width * height} pixels, more than the "
+                                    f"{MAX_IMAGE_PIXELS} qconvert decodes", hint="resize it first")
+                resized = img.convert(mode).resize(size, Image.Resampling.BILINEAR)
+                return np.asarray(resized, np.float32) / 255.0
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise DataError(f"image {path} is too large to decode safely: {exc}", hint="resize it first") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        raise DataError(f"cannot read image {path}: {exc}", hint="remove or re-save that file") from exc

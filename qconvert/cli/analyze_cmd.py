@@ -9,7 +9,16 @@ import typer
 
 from qconvert.cli import options
 from qconvert.cli.app import command
-from qconvert.cli.options import DataOpt, ImageSizeOpt, JsonOpt, LayoutOpt, MeanOpt, ShapeOpt, StdOpt
+from qconvert.cli.options import (
+    AllowNonfiniteOpt,
+    DataOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    LayoutOpt,
+    MeanOpt,
+    ShapeOpt,
+    StdOpt,
+)
 
 TopOpt = Annotated[int | None, typer.Option(
     "--top", min=1, help="Show only the worst N nodes and tensors [default: 20 in the table, all in --json].",
@@ -34,6 +43,7 @@ def analyze(
     mean: MeanOpt = "0",
     std: StdOpt = "1",
     layout: LayoutOpt = None,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank the nodes of a quantized model by the error each adds on its own, worst first."""
@@ -42,7 +52,8 @@ def analyze(
     from qconvert.cli import render
 
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, labels=labels)
+                                      mean=mean, std=std, layout=layout, labels=labels,
+                                      allow_nonfinite=allow_nonfinite)
     stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
     result = run_analyze(fp32_model, quantized_model, stream, top=top)
     render.analyze_result(result, as_json=as_json, top=top or 20)

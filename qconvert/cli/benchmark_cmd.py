@@ -10,6 +10,7 @@ import typer
 from qconvert.cli import options
 from qconvert.cli.app import command
 from qconvert.cli.options import (
+    AllowNonfiniteOpt,
     EpOpt,
     EpOptionOpt,
     ImageSizeOpt,
@@ -45,6 +46,7 @@ def benchmark(
     mean: MeanOpt = "0",
     std: StdOpt = "1",
     layout: LayoutOpt = None,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
@@ -58,7 +60,7 @@ def benchmark(
         ep=options.ep_config(ep, ep_option, threads),
     )
     data_config = options.data_config(data or "synthetic", samples=None, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout)
+                                      mean=mean, std=std, layout=layout, allow_nonfinite=allow_nonfinite)
     feeds = batch_feeds(open_data(data_config, input_specs(load_model(models[0]).proto)), batch)
     result = run_benchmark(list(models), feeds, config=config)
     render.benchmark_result(result, as_json=as_json)

@@ -35,6 +35,8 @@ ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Intra-op thre
 LabelsOpt = Annotated[str | None, typer.Option(
     "--labels", help="Key of the class labels stored beside the inputs (npz): adds top-1 accuracy of both.",
     show_default=False)]
+AllowNonfiniteOpt = Annotated[bool, typer.Option(
+    "--allow-nonfinite", help="Accept NaN/Inf in the data instead of refusing the sample.")]
 MinCosineOpt = Annotated[float | None, typer.Option(
     "--min-cosine", help="Gate: mean cosine similarity to FP32, every output.", show_default=False)]
 MaxDropOpt = Annotated[float | None, typer.Option(
@@ -108,8 +110,10 @@ def ep_config(provider: str, items: list[str] | None, threads: int) -> EPConfig:
 
 
 def data_config(source: str, *, samples: int | None, shape: list[str] | None, image_size: str | None,
-                mean: str, std: str, layout: Layout | None, labels: str | None = None) -> DataConfig:
+                mean: str, std: str, layout: Layout | None, labels: str | None = None,
+                allow_nonfinite: bool = False) -> DataConfig:
     """The DataConfig behind every command that reads samples (--calib, --data)."""
     return DataConfig(source=source, max_samples=samples, shapes=parse_shapes(shape),
                       image_size=parse_image_size(image_size), mean=parse_floats(mean, "--mean"),
-                      std=parse_floats(std, "--std"), layout=layout, labels=labels)
+                      std=parse_floats(std, "--std"), layout=layout, labels=labels,
+                      allow_nonfinite=allow_nonfinite)

@@ -10,6 +10,7 @@ import typer
 from qconvert.cli import options
 from qconvert.cli.app import command
 from qconvert.cli.options import (
+    AllowNonfiniteOpt,
     CalibSamplesOpt,
     EpOpt,
     EpOptionOpt,
@@ -92,6 +93,7 @@ def quantize(
     mean: MeanOpt = "0",
     std: StdOpt = "1",
     layout: LayoutOpt = None,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     force: ForceOpt = False,
     validate_data: Annotated[str | None, typer.Option(
         "--validate", help="Then validate against FP32 on this data (read like --calib).",
@@ -153,20 +155,22 @@ def quantize(
     data_config = None
     if calib is not None:
         data_config = options.data_config(calib, samples=calib_samples, shape=shape, image_size=image_size,
-                                          mean=mean, std=std, layout=layout)
+                                          mean=mean, std=std, layout=layout, allow_nonfinite=allow_nonfinite)
     ep_config = options.ep_config(ep, ep_option, threads)
     evaluation = None
     gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
     if validate_data is not None:
         evaluation = options.data_config(validate_data, samples=None, shape=shape, image_size=image_size,
-                                         mean=mean, std=std, layout=layout, labels=labels)
+                                         mean=mean, std=std, layout=layout, labels=labels,
+                                         allow_nonfinite=allow_nonfinite)
     elif eval_data is None and (labels or min_cosine is not None or max_drop is not None or min_sqnr is not None):
         raise UsageError("accuracy gates need evaluation data", hint="add --eval-data DATA or --validate DATA")
     search = None
     if eval_data is not None:
         search = SearchConfig(
             evaluation=options.data_config(eval_data, samples=eval_samples, shape=shape, image_size=image_size,
-                                           mean=mean, std=std, layout=layout, labels=labels),
+                                           mean=mean, std=std, layout=layout, labels=labels,
+                                           allow_nonfinite=allow_nonfinite),
             gates=gates, max_trials=max_trials)
     if not then_benchmark and (runs is not None or min_speedup is not None):
         raise UsageError("--runs and --min-speedup need --benchmark")

@@ -10,6 +10,7 @@ import typer
 from qconvert.cli import options
 from qconvert.cli.app import command
 from qconvert.cli.options import (
+    AllowNonfiniteOpt,
     DataOpt,
     EpOpt,
     EpOptionOpt,
@@ -46,6 +47,7 @@ def validate(
     mean: MeanOpt = "0",
     std: StdOpt = "1",
     layout: LayoutOpt = None,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
@@ -59,7 +61,8 @@ def validate(
         ep=options.ep_config(ep, ep_option, threads),
     )
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, labels=labels)
+                                      mean=mean, std=std, layout=layout, labels=labels,
+                                      allow_nonfinite=allow_nonfinite)
     stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
     result = run_validate(fp32_model, quantized_model, stream, config=config)
     render.validate_result(result, as_json=as_json)
