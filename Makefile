@@ -8,7 +8,7 @@ DEMO := demo-out
 OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 
-.PHONY: setup demo test lint unit clean bench test-openvino
+.PHONY: setup demo test lint unit unit-optimized clean bench test-openvino
 
 setup: $(STAMP)
 
@@ -37,7 +37,11 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint unit
+# The suite again with asserts stripped from qconvert (python -O): no check may rely on `assert`.
+unit-optimized: $(STAMP)
+	$(BIN)/python -O -m pytest -q -p no:cacheprovider
+
+test: lint unit unit-optimized
 
 # onnxruntime-openvino replaces the onnxruntime package (same module), so it gets its own environment:
 # the whole suite runs again on that runtime, with tests/openvino using the OpenVINO provider for real.

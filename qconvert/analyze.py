@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert.errors import DataError, ModelError
-from qconvert.model import load_model, scratch_dir
+from qconvert.model import check_model_file, load_model, scratch_dir
 from qconvert.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
 from qconvert.runtime import first_line, quiet_onnxruntime, signature
@@ -214,7 +214,6 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     work.mkdir(parents=True, exist_ok=True)
     fp32_path, quant_path = Path(fp32_model), Path(quantized_model)
     quant = load_model(quant_path).proto
-    _load_weights(quant, quant_path)
     reference, fp32, layout = _reference(fp32_path, quant, work, prepare_it=prepare_reference)
     if not layout.quantized_tensors:
         raise ModelError(f"{quant_path} has no quantized tensor that matches a tensor of {fp32_path}",
@@ -275,11 +274,12 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
     candidates = [("as given", path)]
     if prepare_it:
         original = load_model(path).proto
-        _load_weights(original, path)
         static = any(n.op_type == "QuantizeLinear" for n in quant.graph.node)
         with quiet_onnxruntime():
             prepare(original, work / "reference.onnx", optimize=static)
         candidates.append(("prepared like `qconvert quantize`", work / "reference.onnx"))
+    else:
+        check_model_file(path)  # before onnx reads it (below), external data and all
     found = []
     for label, candidate in candidates:
         model = load_model_with_shape_infer(candidate)  # weights and value_info (element types)
@@ -287,13 +287,6 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
         found.append((layout.quantized_tensors + len(layout.common), label, model, layout))
     _, label, model, layout = max(found, key=lambda f: f[0])
     return label, model, layout
-
-
-def _load_weights(model: onnx.ModelProto, path: Path) -> None:
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
-
-    if any(uses_external_data(t) for t in model.graph.initializer):
-        load_external_data_for_model(model, str(path.parent))
 
 
 def _weight_errors(fp32: onnx.ModelProto, quant: onnx.ModelProto, layout: _Layout) -> dict[str, ErrorSums]:

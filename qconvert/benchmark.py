@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert.errors import DataError, ModelError, UsageError
+from qconvert.model import check_model_file
 from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
 from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
 from qconvert.runtime import first_line, quiet_onnxruntime, signature
@@ -120,6 +121,8 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray], *,
     if not models:
         raise UsageError("no model to benchmark")
     paths = [Path(m) for m in models]
+    for path in paths:
+        check_model_file(path)
     provider = resolve(config.ep.provider)
     with quiet_onnxruntime():
         sessions = [create_session(p, config.ep) for p in paths]

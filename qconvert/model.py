@@ -21,6 +21,8 @@ from qconvert.errors import ModelError, OutputError
 if TYPE_CHECKING:
     import onnx
 
+    from qconvert.external import ExternalPlan
+
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a sidecar file.
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -76,43 +78,70 @@ def _external_files(model: onnx.ModelProto) -> set[str]:
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load a model with its external data, refusing anything that is not a usable ONNX model."""
+    """Load a model with its external data, refusing anything that is not a usable ONNX model.
+
+    Every check of `check_model_file` runs first; then the external data, already validated
+    against the model's folder, is read by qconvert into the tensors' `raw_data`.
+    """
+    p = Path(path)
+    proto, plan, size = _checked(p)
+    plan.load()
+    return LoadedModel(proto=proto, path=p, uses_external_data=bool(plan.refs), file_bytes=size)
+
+
+def check_model_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a model file before it is handed to onnxruntime (which reads it, and its external
+    data, by itself), without keeping its weights: what `load_model` checks, external tensors
+    streamed in chunks (see `qconvert.sanity` and `qconvert.external`)."""
+    _checked(Path(path))
+
+
+def _checked(p: Path) -> tuple[onnx.ModelProto, ExternalPlan, int]:
+    """The parsed model, its validated external-data plan and its size with its sidecars."""
+    from qconvert import sanity
+    from qconvert.external import plan_external_data
+
+    proto = _parse(p)
+    sanity.check_structure(proto, p)
+    sites = list(sanity.tensor_sites(proto))
+    plan = plan_external_data([s.tensor for s in sites], p)
+    sanity.check_tensors(sites, plan, p, sanity.weight_names(proto))
+    return proto, plan, os.stat(p).st_size + plan.file_bytes
+
+
+def _parse(p: Path) -> onnx.ModelProto:
+    """The ModelProto in a regular file (never a FIFO or a device), read by us."""
+    import stat
+
     import onnx
     from google.protobuf.message import DecodeError
 
-    p = Path(path)
     if not p.exists():
         raise ModelError(f"model not found: {p}", hint="check the path")
-    if not p.is_file():
+    if p.is_dir():
         raise ModelError(f"model is not a file: {p}", hint="pass the .onnx file, not a folder")
-    size = p.stat().st_size
-    if size == 0:
-        raise ModelError(f"model file is empty: {p}", hint="the file was truncated or never written")
     try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise ModelError(f"not a valid ONNX model: {p} ({exc})",
-                         hint="the file is corrupt or not an ONNX ModelProto") from exc
-    if not proto.HasField("graph") or not proto.opset_import:
-        raise ModelError(f"not a valid ONNX model: {p} (no graph or no opset import)",
-                         hint="the file is corrupt or not an ONNX ModelProto")
-    files = _external_files(proto)
-    base = p.resolve().parent
-    for name in sorted(files):
-        target = (base / name).resolve()
-        if base not in target.parents or not target.is_file():
-            raise ModelError(f"external data file {name!r} of {p} is missing or outside the model folder",
-                             hint="keep the model's .data files next to it")
-        size += target.stat().st_size
-    if files:
-        from onnx.external_data_helper import load_external_data_for_model
-
-        try:
-            load_external_data_for_model(proto, str(base))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read external data of {p}: {exc}",
-                             hint="the .data file is truncated or does not belong to this model") from exc
-    return LoadedModel(proto=proto, path=p, uses_external_data=bool(files), file_bytes=size)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ModelError(f"cannot open model {p}: {exc.strerror or exc}", hint="check the path") from exc
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"model is not a regular file: {p}", hint="pass the .onnx file itself")
+        if st.st_size == 0:
+            raise ModelError(f"model file is empty: {p}", hint="the file was truncated or never written")
+        if st.st_size > PROTOBUF_LIMIT:
+            raise ModelError(f"{p.name}: {st.st_size} bytes is more than an ONNX model file can hold "
+                             f"({PROTOBUF_LIMIT}); weights that large belong in external data",
+                             hint="the file is corrupt, or not an ONNX model")
+        data = f.read(st.st_size + 1)
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{p}: not a valid ONNX model ({exc})",
+                         hint="the file is corrupt, truncated, or not an ONNX ModelProto") from exc
+    return proto
 
 
 def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[GraphNode]:

@@ -141,10 +141,9 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     """Ranges for the tensors onnxruntime's QDQ quantizer needs, streamed sample by sample."""
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
     started = time.perf_counter()
-    model = load_model_with_shape_infer(model_path)
+    model = _typed_graph(model_path, work)
     tensors = tensors_to_calibrate(model, op_types)
     if not tensors:
         raise ModelError(f"{model_path}: no float tensor of {', '.join(op_types) or 'any op type'} to calibrate",
@@ -178,6 +177,24 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     else:
         ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, progress)
     return Calibration(ranges, samples, time.perf_counter() - started, len(stats))
+
+
+def _typed_graph(model_path: Path, work: Path) -> onnx.ModelProto:
+    """The model with ONNX shape inference's element types. When its sidecar is in `work` (where the
+    exposing copy is saved), weights stay on disk: the copy refers to the same sidecar, and only
+    onnxruntime's session holds them in memory."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    typed = work / "typed.onnx"
+    try:  # from the file: the weights are not read, and models over 2 GB work
+        onnx.shape_inference.infer_shapes_path(str(model_path), str(typed))
+    except Exception:  # noqa: BLE001 - best effort, as onnxruntime's own loader does
+        typed = model_path
+    model = onnx.load(str(typed), load_external_data=False)
+    if model_path.parent.resolve() != work.resolve():
+        load_external_data_for_model(model, str(model_path.parent))
+    return model
 
 
 def _check_finite(stats: dict[str, _Stats]) -> None:

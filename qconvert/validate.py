@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert.errors import DataError, ModelError, UsageError
+from qconvert.model import check_model_file
 from qconvert.providers import EPConfig, create_session, placement, resolve
 from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
 from qconvert.runtime import first_line, quiet_onnxruntime, signature
@@ -151,6 +152,8 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
     fp32_path, quant_path = Path(fp32_model), Path(quantized_model)
     if config.gates.max_drop is not None and data.label_key is None:
         raise UsageError("--max-drop needs labels", hint="name the labels key with --labels KEY")
+    check_model_file(fp32_path)
+    check_model_file(quant_path)
     with quiet_onnxruntime():
         fp32 = create_session(fp32_path, EPConfig(threads=config.ep.threads))
         quant = create_session(quant_path, config.ep)

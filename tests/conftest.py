@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import models
+# Helpers that assert for tests: rewritten like test modules, so they still check under `python -O`.
+pytest.register_assert_rewrite("tests.corpus", "tests.models")
+
+from tests import models  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"

@@ -214,8 +214,9 @@ def _drop_initializer(graph: onnx.GraphProto, name: str) -> None:
 
 
 def mlp_variant(kind: str, seed: int = 0) -> onnx.ModelProto:
-    """mlp() with the same signature but a changed output: 'nan' (all NaN), 'zero' (all zeros),
-    'scaled' (times 0.5), 'fp16' (cast to float16: only the dtype differs)."""
+    """mlp() with the same signature but a changed output: 'nan' (all NaN, computed at run time as
+    Sqrt(-1): a NaN weight would be refused at load), 'zero' (all zeros), 'scaled' (times 0.5),
+    'fp16' (cast to float16: only the dtype differs)."""
     model = mlp(seed)
     graph = model.graph
     mm2 = next(n for n in graph.node if n.name == "mm2")
@@ -223,8 +224,12 @@ def mlp_variant(kind: str, seed: int = 0) -> onnx.ModelProto:
     if kind == "fp16":
         graph.node.append(helper.make_node("Cast", ["y_raw"], ["y"], name="to_fp16", to=TensorProto.FLOAT16))
         graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    elif kind == "nan":
+        graph.initializer.append(numpy_helper.from_array(np.array(-1.0, np.float32), "minus_one"))
+        graph.node.append(helper.make_node("Sqrt", ["minus_one"], ["factor"], name="nan_factor"))
+        graph.node.append(helper.make_node("Mul", ["y_raw", "factor"], ["y"], name="post"))
     else:
-        factor = {"nan": np.nan, "zero": 0.0, "scaled": 0.5}[kind]
+        factor = {"zero": 0.0, "scaled": 0.5}[kind]
         graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "factor"))
         graph.node.append(helper.make_node("Mul", ["y_raw", "factor"], ["y"], name="post"))
     onnx.checker.check_model(model)
@@ -248,3 +253,44 @@ def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("MatMul", ["hr", "w2"], ["y"], name="mm2")]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def masked_scores(seed: int = 0) -> onnx.ModelProto:
+    """MatMul → Add of a causal mask holding -inf (as attention exports write it) → Softmax: the
+    infinite values are in a constant no quantizable op reads as a weight."""
+    rng = np.random.default_rng(seed)
+    mask = np.triu(np.full((16, 16), -np.inf, np.float32), k=1)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Constant", [], ["mask"], name="mask", value=numpy_helper.from_array(mask)),
+             helper.make_node("Add", ["h", "mask"], ["scores"], name="masked"),
+             helper.make_node("Where", ["cond", "scores", "neg_inf"], ["picked"], name="where"),
+             helper.make_node("Softmax", ["picked"], ["y"], name="softmax", axis=-1)]
+    inits = [numpy_helper.from_array(_weights(rng, 16, 16), "w"),
+             numpy_helper.from_array(np.ones((16, 16), bool), "cond"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "neg_inf")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 16])], inits)
+
+
+def externalize(model: onnx.ModelProto, folder: Path, name: str = "m.onnx", sidecar: str = "m.onnx.data") -> Path:
+    """Write `model` to `folder/name` with every initializer of its main graph in `folder/sidecar`,
+    one after the other, the way onnx.save lays them out (location, offset, length); the entries
+    are then plain to edit in a test."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    folder.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    with open(folder / sidecar, "wb") as f:
+        for tensor in model.graph.initializer:
+            data = numpy_helper.to_array(tensor).tobytes()
+            f.write(data)
+            tensor.ClearField("raw_data")
+            for field in ("float_data", "int32_data", "int64_data", "double_data"):
+                tensor.ClearField(field)
+            tensor.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", sidecar), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            offset += len(data)
+    path = folder / name
+    path.write_bytes(model.SerializeToString())
+    return path
