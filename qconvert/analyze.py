@@ -213,7 +213,7 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
                            prepare_reference=prepare_reference)
     work.mkdir(parents=True, exist_ok=True)
     fp32_path, quant_path = Path(fp32_model), Path(quantized_model)
-    quant = load_model(quant_path).proto
+    quant = load_model(quant_path).owned_copy()
     reference, fp32, layout = _reference(fp32_path, quant, work, prepare_it=prepare_reference)
     if not layout.quantized_tensors:
         raise ModelError(f"{quant_path} has no quantized tensor that matches a tensor of {fp32_path}",
@@ -273,7 +273,7 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
 
     candidates = [("as given", path)]
     if prepare_it:
-        original = load_model(path).proto
+        original = load_model(path).owned_copy()
         static = any(n.op_type == "QuantizeLinear" for n in quant.graph.node)
         with quiet_onnxruntime():
             prepare(original, work / "reference.onnx", optimize=static)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,24 +86,29 @@ class ExternalPlan:
         finally:
             os.close(fd)
 
-    def load(self) -> None:
-        """Read every external tensor into its `raw_data`; the model no longer refers to sidecars."""
+    def load(self, tensors: Sequence[onnx.TensorProto] | None = None) -> None:
+        """Read every external tensor into its `raw_data`; the model no longer refers to sidecars.
+
+        `tensors` are the same model's tensors in the order they were checked, in a copy of it
+        (`qconvert.sanity.tensor_sites`): the copy gets the weights, the checked model keeps
+        referring to its sidecars."""
         import onnx
 
-        by_file: dict[str, list[ExternalRef]] = {}
-        for ref in self.refs.values():
-            by_file.setdefault(ref.location, []).append(ref)
-        for location, refs in by_file.items():
+        by_file: dict[str, list[tuple[onnx.TensorProto, ExternalRef]]] = {}
+        for position, ref in self.refs.items():
+            target = ref.tensor if tensors is None else tensors[position]
+            by_file.setdefault(ref.location, []).append((target, ref))
+        for location, pairs in by_file.items():
             fd = self._open(location)
             try:
-                for ref in refs:
+                for target, ref in pairs:
                     data = os.pread(fd, ref.length, ref.offset) if ref.length else b""
                     if len(data) != ref.length:
                         raise ModelError(f"{self.shown}: external data file {location!r} of tensor "
                                          f"{ref.name!r} ended early", hint=_HINT_RANGE)
-                    ref.tensor.raw_data = data
-                    del ref.tensor.external_data[:]
-                    ref.tensor.data_location = onnx.TensorProto.DEFAULT
+                    target.raw_data = data
+                    del target.external_data[:]
+                    target.data_location = onnx.TensorProto.DEFAULT
             finally:
                 os.close(fd)
 

@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,12 +46,30 @@ class TensorSpec:
 
 @dataclass
 class LoadedModel:
-    """A model in memory with where it came from."""
+    """A checked model with where it came from.
+
+    `proto` holds the graph and the weights stored in the .onnx file; weights in external data
+    stay on disk (checked, not read), so a model of any size costs only its graph here. A step
+    that needs every weight in memory, or modifies the model, takes `owned_copy()`.
+    """
 
     proto: onnx.ModelProto
     path: Path
     uses_external_data: bool
     file_bytes: int  # the .onnx file plus its external-data files
+    external: ExternalPlan | None = field(default=None, repr=False)
+
+    def owned_copy(self) -> onnx.ModelProto:
+        """An independent copy of the model with every weight in memory, read from the checked sidecars."""
+        import onnx
+
+        from qconvert.sanity import tensor_sites
+
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self.proto)
+        if self.external is not None and self.external.refs:
+            self.external.load([site.tensor for site in tensor_sites(copy)])
+        return copy
 
 
 @dataclass(frozen=True)
@@ -78,15 +96,14 @@ def _external_files(model: onnx.ModelProto) -> set[str]:
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Load a model with its external data, refusing anything that is not a usable ONNX model.
+    """Load a model, refusing anything that is not a usable ONNX model.
 
-    Every check of `check_model_file` runs first; then the external data, already validated
-    against the model's folder, is read by qconvert into the tensors' `raw_data`.
+    Every check of `check_model_file` runs; external data is validated against the model's folder
+    and left on disk until `LoadedModel.owned_copy()` reads it.
     """
     p = Path(path)
     proto, plan, size = _checked(p)
-    plan.load()
-    return LoadedModel(proto=proto, path=p, uses_external_data=bool(plan.refs), file_bytes=size)
+    return LoadedModel(proto=proto, path=p, uses_external_data=bool(plan.refs), file_bytes=size, external=plan)
 
 
 def check_model_file(path: str | os.PathLike[str]) -> None:

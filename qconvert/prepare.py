@@ -226,19 +226,14 @@ def save_with_sidecar(model: onnx.ModelProto, dest: Path) -> None:
 def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True, optimize: bool = True,
             fixed_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()) -> tuple[onnx.ModelProto, PrepareResult]:
     """Write the model, pre-processed when `enabled`, to `dest` (weights in a `.data` file beside it)
-    and return its graph without weight data, for planning. `model` itself is never modified: it is
-    copied only when a fix-up pass has something to change.
+    and return its graph without weight data, for planning. `model` is consumed: the passes change
+    it and saving moves its weights out (`LoadedModel.owned_copy()` gives one to pass).
 
     `optimize` adds onnxruntime's basic graph optimisation (right for static QDQ); `fixed_shapes`
     makes those inputs static, with or without the other passes."""
     import onnx
 
     result = PrepareResult()
-    if fixed_shapes or (enabled and (_initializer_inputs(model)
-                                     or any(True for g in _graphs(model.graph) for _ in _folds(g)))):
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        model = copy
     if fixed_shapes:
         result.passes.append(fix_input_shapes(model, fixed_shapes))
     if not enabled:

@@ -303,7 +303,7 @@ class QuantizeJob:
         # The prepared model keeps its weights in a sidecar: planning reads only the graph.
         self.prepared = work / "prepared.onnx"
         with quiet_onnxruntime():
-            self.proto, self.prep = prepare(loaded.proto, self.prepared, enabled=config.preprocess,
+            self.proto, self.prep = prepare(loaded.owned_copy(), self.prepared, enabled=config.preprocess,
                                             optimize=self.mode is Mode.STATIC, fixed_shapes=config.fixed_shapes)
         self.warnings.extend(self.prep.warnings)
         self.smoothed = 0
@@ -335,6 +335,11 @@ class QuantizeJob:
                 self.calibration = calibrate(self.prepared, data, self.plan.op_types, work,
                                              method=config.method, symmetric=config.symmetric_activations,
                                              percentile=config.percentile, external=self.external, progress=progress)
+            if self.calibration.infinite:
+                names = ", ".join(repr(n) for n in self.calibration.infinite[:5])
+                self.warnings.append(f"{len(self.calibration.infinite)} tensor(s) hold ±Inf (such as a -inf attention "
+                                     f"mask): ranged over their finite values, infinities quantize to the ends "
+                                     f"({names})")
             self.ranges_file = work / "ranges.json"
             save_tensors_data(self.calibration.ranges, self.ranges_file)
 

@@ -50,6 +50,7 @@ class Calibration:
     samples: int
     seconds: float
     tensors: int
+    infinite: tuple[str, ...] = ()  # tensors with ±Inf values, ranged over their finite values
 
 
 @dataclass
@@ -58,17 +59,31 @@ class _Stats:
     high: np.ndarray
     abs_low: np.ndarray
 
+    infinite: bool = False  # some values were ±Inf (a -inf attention mask): the range covers the finite ones
+
     # NaN is skipped like onnxruntime's calibrators do (np.fmin/fmax: no warning when all are NaN).
     def update(self, value: np.ndarray) -> None:
         if value.size:
-            self.low = np.fmin(self.low, np.fmin.reduce(value, axis=None))
-            self.high = np.fmax(self.high, np.fmax.reduce(value, axis=None))
-            self.abs_low = np.fmin(self.abs_low, np.fmin.reduce(np.abs(value), axis=None))
+            low, high, abs_low, infinite = _extremes(value)
+            self.low, self.high = np.fmin(self.low, low), np.fmax(self.high, high)
+            self.abs_low = np.fmin(self.abs_low, abs_low)
+            self.infinite |= infinite
 
     @classmethod
     def first(cls, value: np.ndarray) -> _Stats:
-        return cls(np.fmin.reduce(value, axis=None), np.fmax.reduce(value, axis=None),
-                   np.fmin.reduce(np.abs(value), axis=None))
+        return cls(*_extremes(value))
+
+
+def _extremes(value: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Min, max, min |x| of the finite values (NaN skipped), and whether any was ±Inf."""
+    low, high = np.fmin.reduce(value, axis=None), np.fmax.reduce(value, axis=None)
+    if np.isfinite(low) and np.isfinite(high):
+        return low, high, np.fmin.reduce(np.abs(value), axis=None), False
+    finite = value[np.isfinite(value)]
+    if not finite.size:
+        nan = np.array(np.nan, value.dtype)
+        return nan, nan, nan, bool(np.isinf(value).any())
+    return finite.min(), finite.max(), np.abs(finite).min(), bool(np.isinf(value).any())
 
 
 def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[str]:
@@ -176,7 +191,8 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
         ranges = TensorsData(OrtMethod.MinMax, pairs)
     else:
         ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, progress)
-    return Calibration(ranges, samples, time.perf_counter() - started, len(stats))
+    infinite = tuple(name for name, s in stats.items() if s.infinite)
+    return Calibration(ranges, samples, time.perf_counter() - started, len(stats), infinite)
 
 
 def _typed_graph(model_path: Path, work: Path) -> onnx.ModelProto:
@@ -202,7 +218,7 @@ def _check_finite(stats: dict[str, _Stats]) -> None:
     bad = [name for name, s in stats.items() if not (np.isfinite(s.low) and np.isfinite(s.high))]
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(f"the model computes only NaN or ±Inf in {len(bad)} tensor(s) on the calibration data: {shown}",
+        raise DataError(f"the model computes no finite value in {len(bad)} tensor(s) on the calibration data: {shown}",
                         hint="check the data; or keep the nodes that read them in float with --exclude-nodes")
 
 

@@ -31,7 +31,9 @@ NATIVE_DOMAINS = frozenset({
     "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc",
 })
 MAX_DIM = 2**31  # a graph input, output or value_info dim above this is corrupt
-WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "MatMul": (1,), "Gemm": (1, 2)}
+# Not Gemm's C: onnxruntime's pre-processing fuses MatMul + Add(-inf causal mask) into a Gemm whose C
+# is the mask, a model that runs correctly.
+WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "MatMul": (1,), "Gemm": (1,)}
 _HINT_CORRUPT = "the model is corrupt; re-export it"
 _HINT_WEIGHTS = "the weights are corrupt; re-export the model"
 
@@ -240,7 +242,7 @@ def _check_dims(graph: onnx.GraphProto, file: str, where: str) -> None:
 
 
 def weight_names(model: onnx.ModelProto) -> set[str]:
-    """Values read as weights by quantizable ops (Conv/ConvTranspose/MatMul weight, Gemm B and C):
+    """Values read as weights by quantizable ops (Conv/ConvTranspose/MatMul weight, Gemm B):
     an infinite value there becomes an infinite quantization scale."""
     names: set[str] = set()
     bodies: list[Sequence[onnx.NodeProto]] = [g.node for g, _ in _graphs(model.graph)]

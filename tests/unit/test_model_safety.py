@@ -46,9 +46,13 @@ def test_external_data_is_read_by_qconvert_exactly(tmp_path: Path) -> None:
     loaded = load_model(path)
     assert loaded.uses_external_data
     assert loaded.file_bytes == path.stat().st_size + (tmp_path / "m" / "m.onnx.data").stat().st_size
-    for want, got in zip(models.conv_mlp().graph.initializer, loaded.proto.graph.initializer, strict=True):
+    assert not any(t.HasField("raw_data") for t in loaded.proto.graph.initializer if t.external_data), \
+        "external weights stay on disk until a copy is asked for"
+    copy = loaded.owned_copy()
+    for want, got in zip(models.conv_mlp().graph.initializer, copy.graph.initializer, strict=True):
         assert got.data_location == TensorProto.DEFAULT and not got.external_data
         np.testing.assert_array_equal(numpy_helper.to_array(got), numpy_helper.to_array(want))
+    assert any(t.external_data for t in loaded.proto.graph.initializer), "the copy is independent"
     assert check_model_file(path) is None
 
 
@@ -196,8 +200,8 @@ def test_a_sidecar_with_unknown_keys_and_no_length_is_fine(tmp_path: Path) -> No
         elif e.key == "offset":
             e.value = "0"
     path.write_bytes(proto.SerializeToString())
-    loaded = load_model(path)
-    np.testing.assert_array_equal(numpy_helper.to_array(_init(loaded.proto, "w1")),
+    loaded = load_model(path).owned_copy()
+    np.testing.assert_array_equal(numpy_helper.to_array(_init(loaded, "w1")),
                                   numpy_helper.to_array(_init(models.mlp(), "w1")))
 
 
