@@ -8,7 +8,7 @@ DEMO := demo-out
 OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 
-.PHONY: setup demo test lint unit unit-optimized clean bench test-openvino
+.PHONY: setup demo test lint unit unit-optimized clean bench fuzz test-openvino
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ $(OV_STAMP): pyproject.toml
 
 test-openvino: $(OV_STAMP)
 	$(OV_VENV)/bin/pytest -q
+
+# Long fuzz runs of the model loader and the .npy/.npz readers (the suite runs a bounded one).
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz_model.py --examples 20000
+	$(BIN)/python bench/fuzz_data.py --examples 5000
 
 bench: $(STAMP)
 	$(BIN)/python bench/speedup.py
