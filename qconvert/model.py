@@ -228,17 +228,12 @@ def tensor_numel(tensor: onnx.TensorProto) -> int:
 
 
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
-    """Bytes a tensor's data takes, without materialising it."""
-    import onnx
+    """Bytes a tensor's data takes, without materialising it (a byte per element when the type has
+    no fixed size, such as strings)."""
+    from qconvert.external import expected_bytes
 
-    count = tensor_numel(tensor)
-    try:
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, TypeError, ValueError):
-        itemsize = 1
-    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return (count + 1) // 2
-    return count * itemsize
+    need = expected_bytes(tensor)
+    return tensor_numel(tensor) if need is None else need
 
 
 def model_nbytes(model: onnx.ModelProto) -> int:
@@ -328,26 +323,24 @@ def temporary_path(folder: Path, stem: str, *, directory: bool) -> Path:
 
 
 @contextlib.contextmanager
-def staging_dir(output: Path) -> Iterator[Path]:
+def _temporary_dir(folder: Path, stem: str) -> Iterator[Path]:
+    tmp = temporary_path(folder, stem, directory=True)
+    try:
+        yield tmp
+    finally:
+        remove_temporary(tmp)
+
+
+def staging_dir(output: Path) -> contextlib.AbstractContextManager[Path]:
     """A temporary folder beside `output` (same file system, so renames are atomic), always removed;
     ones left by killed runs for the same output are removed first."""
     sweep_stale(output.parent, output.name)
-    tmp = temporary_path(output.parent, output.name, directory=True)
-    try:
-        yield tmp
-    finally:
-        remove_temporary(tmp)
+    return _temporary_dir(output.parent, output.name)
 
 
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
+def scratch_dir() -> contextlib.AbstractContextManager[Path]:
     """A temporary folder in the system's temp location, always removed (and logged for cleanup)."""
-    folder = Path(tempfile.gettempdir())
-    tmp = temporary_path(folder, "qconvert", directory=True)
-    try:
-        yield tmp
-    finally:
-        remove_temporary(tmp)
+    return _temporary_dir(Path(tempfile.gettempdir()), "qconvert")
 
 
 def write_atomically(path: Path, text: str) -> None:

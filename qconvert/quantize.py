@@ -520,8 +520,8 @@ def _check_scales(model: onnx.ModelProto, path: Path) -> None:
     ranges with `assert`, which `python -O` removes."""
     from onnx.numpy_helper import to_array
 
-    scales = {n.input[1] for gn in iter_nodes(model.graph) for n in [gn.node]
-              if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1}
+    scales = {gn.node.input[1] for gn in iter_nodes(model.graph)
+              if gn.node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(gn.node.input) > 1}
     for tensor in all_initializers(model):
         if tensor.name in scales:
             values = to_array(tensor, base_dir=str(path.parent)).astype(np.float64)

@@ -3,7 +3,6 @@ a memory blow-up in the worker become exit codes, and nothing is left behind."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qconvert.errors import ExitCode
-from qconvert.model import TEMP_SUFFIX
+from qconvert.model import TEMP_SUFFIX, _pid_alive
 from tests import models
 from tests.corpus import snapshot
 
@@ -126,20 +125,10 @@ def test_a_killed_supervisor_takes_its_worker_along_and_the_next_run_cleans_up(
     proc.kill()
     proc.communicate(timeout=10)
     deadline = time.monotonic() + 10
-    while _alive(worker) and time.monotonic() < deadline:
+    while _pid_alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker), "the worker died with its parent"
+    assert not _pid_alive(worker), "the worker died with its parent"
     subprocess.run([str(EXE), "quantize", str(model), "-o", str(out), "--force"], check=True, capture_output=True,
                    timeout=120)
     assert not list(model.parent.glob(f"*{TEMP_SUFFIX}"))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie still answers kill(0)
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
