@@ -58,8 +58,8 @@ test-openvino: $(OV_STAMP)
 
 # Long fuzz runs of the model loader and the .npy/.npz readers (the suite runs a bounded one).
 fuzz: $(STAMP)
-	$(BIN)/python bench/fuzz_model.py --examples 20000
-	$(BIN)/python bench/fuzz_data.py --examples 5000
+	$(BIN)/python bench/fuzz.py --only model --examples 20000
+	$(BIN)/python bench/fuzz.py --only npy --only npz --examples 5000
 
 bench: $(STAMP)
 	$(BIN)/python bench/speedup.py

@@ -2,7 +2,7 @@
 with those bytes (exactly what numpy.load reads from them) or raise DataError; never another
 exception, never an allocation beyond the bytes present.
 
-The strategies and properties are shared with `bench/fuzz_data.py`, which runs many more examples."""
+The strategies and properties are shared with `bench/fuzz.py`, which runs many more examples."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Fuzzing `load_model` with mutated model bytes: whatever the file holds, the answer is a
 LoadedModel or a ModelError, never another exception (a crash, a traceback, exit 1).
 
-The strategy and the property are shared with `bench/fuzz_model.py`, which runs them far longer.
+The strategy and the property are shared with `bench/fuzz.py`, which runs them far longer.
 """
 
 from __future__ import annotations
