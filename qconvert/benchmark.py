@@ -101,7 +101,8 @@ def _latency(path: Path, seconds: list[float], batch: int, first_median_ms: floa
     mean = float(ms.mean())
     return Latency(path=str(path), runs=len(seconds), mean_ms=mean, p50_ms=p50, p90_ms=p90, p99_ms=p99,
                    min_ms=float(ms.min()), throughput=batch * 1000.0 / mean,
-                   speedup=(first_median_ms / p50) if first_median_ms else 1.0, placement=where)
+                   speedup=(first_median_ms / p50) if first_median_ms else 1.0, placement=where,
+                   samples_ms=ms.tolist())
 
 
 def _check_inputs(sessions: list[Any], paths: list[Path]) -> None:

@@ -1,7 +1,9 @@
-"""quantize → validate → benchmark in one call, with one report.
+"""quantize → validate → benchmark (→ analyze) in one call, with one report.
 
 Each step is the public function of its own module; this only chains them and decides what the
-benchmark runs on (the evaluation data's first batch, else synthetic inputs).
+benchmark runs on (the evaluation data's first batch, else synthetic inputs). A `PipelineJob` is
+the whole configuration of one model's run: frozen and picklable, so a batch (`qconvert.batch`)
+can run it in a worker process.
 """
 
 from __future__ import annotations
@@ -12,83 +14,160 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qconvert.analyze import analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, QuantizeConfig
-from qconvert.errors import OutputError
-from qconvert.model import LoadedModel, input_specs, write_atomically
+from qconvert.errors import UsageError
+from qconvert.model import LoadedModel, input_specs, load_model, write_output
+from qconvert.providers import EPConfig
 from qconvert.quantize import quantize
-from qconvert.results import SCHEMA_VERSION, BenchmarkResult, Gate, QuantizeResult, ValidateResult, versions
+from qconvert.results import (
+    SCHEMA_VERSION,
+    AnalyzeResult,
+    BenchmarkResult,
+    Gate,
+    QuantizeResult,
+    ValidateResult,
+    versions,
+)
 from qconvert.search import SearchConfig, SearchResult, Trial, search_quantize
-from qconvert.validate import ValidateConfig, validate
+from qconvert.validate import Gates, ValidateConfig, validate
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
+
+ANALYZE_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """Everything one model's run needs. `providers` are where the quantized model is validated
+    and benchmarked (each in turn); `benchmark.ep` is replaced by each of them."""
+
+    model: Path
+    output: Path
+    config: QuantizeConfig = field(default_factory=QuantizeConfig)
+    calibration: DataConfig | None = None
+    evaluation: DataConfig | None = None  # validate against FP32 on this
+    gates: Gates = field(default_factory=Gates)
+    providers: tuple[EPConfig, ...] = (EPConfig(),)
+    search: SearchConfig | None = None
+    benchmark: BenchmarkConfig | None = None
+    analyze: bool = False  # rank nodes by their own error on the evaluation data
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.providers:
+            raise UsageError("no execution provider to run on")
+        if self.analyze and self.evaluation is None and self.search is None:
+            raise UsageError("the node ranking needs evaluation data", hint="add --validate DATA or --eval-data DATA")
+
+    def to_dict(self) -> dict[str, object]:
+        """The resolved configuration, as the report shows it."""
+        return {
+            "model": str(self.model), "output": str(self.output), "quantize": self.config.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "gates": self.gates.to_dict(), "providers": [p.to_dict() for p in self.providers],
+            "search": self.search.to_dict() if self.search else None,
+            "benchmark": self.benchmark.to_dict() if self.benchmark else None, "analyze": self.analyze,
+        }
 
 
 @dataclass
 class PipelineResult:
     quantize: QuantizeResult
-    validate: ValidateResult | None
-    benchmark: BenchmarkResult | None
+    validate: list[ValidateResult] = field(default_factory=list)  # one per provider
+    benchmark: list[BenchmarkResult] = field(default_factory=list)  # one per provider
     search: SearchResult | None = None
+    analyze: AnalyzeResult | None = None
+    job: dict[str, object] | None = None  # the resolved configuration
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
     def gates(self) -> list[Gate]:
-        return [*(self.validate.gates if self.validate else []), *(self.benchmark.gates if self.benchmark else [])]
+        return [g for step in (*self.validate, *self.benchmark) for g in step.gates]
 
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
 
+    @property
+    def measured(self) -> bool:
+        """Whether any step ran after quantize (else the quantize result alone is the report)."""
+        return bool(self.validate or self.benchmark or self.search or self.analyze)
+
     def raise_for_gates(self) -> None:
-        for step in (self.validate, self.benchmark):
-            if step is not None:
-                step.raise_for_gates()
+        for step in (*self.validate, *self.benchmark):
+            step.raise_for_gates()
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "schema_version": SCHEMA_VERSION, "command": "pipeline",
+            "schema_version": SCHEMA_VERSION, "command": "pipeline", "job": self.job,
             "quantize": self.quantize.to_dict(),
             "search": self.search.to_dict() if self.search else None,
-            "validate": self.validate.to_dict() if self.validate else None,
-            "benchmark": self.benchmark.to_dict() if self.benchmark else None,
-            "passed": self.passed, "versions": self.versions,
+            "validate": [v.to_dict() for v in self.validate],
+            "benchmark": [b.to_dict() for b in self.benchmark],
+            "analyze": self.analyze.to_dict() if self.analyze else None,
+            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
+
+
+def run_job(job: PipelineJob, *, on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
+    """Load `job.model`, open its calibration data and run every step the job asks for."""
+    loaded = load_model(job.model)
+    data = open_data(job.calibration, input_specs(loaded.proto)) if job.calibration else None
+    result = quantize_and_measure(loaded, job.output, data, config=job.config, force=job.force,
+                                  evaluation=job.evaluation, gates=job.gates, providers=job.providers,
+                                  search=job.search, benchmark_config=job.benchmark, analyze_nodes=job.analyze,
+                                  on_trial=on_trial)
+    result.job = job.to_dict()
+    return result
 
 
 def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: CalibrationData | None, *,
                          config: QuantizeConfig, force: bool = False, evaluation: DataConfig | None = None,
-                         validate_config: ValidateConfig | None = None,
+                         gates: Gates | None = None, providers: tuple[EPConfig, ...] = (EPConfig(),),
                          benchmark_config: BenchmarkConfig | None = None, search: SearchConfig | None = None,
+                         analyze_nodes: bool = False,
                          on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
     """Quantize `model` into `output` (searching for the fewest nodes to keep in float when
-    `search` is given); then, when `evaluation` is given, validate against FP32 on it; then, when
-    `benchmark_config` is given, time FP32 against quantized side by side."""
+    `search` is given); then, when `evaluation` is given, validate against FP32 on it on each
+    provider; then, when `benchmark_config` is given, time FP32 against quantized side by side on
+    each provider; then, when `analyze_nodes`, rank the quantized nodes by their own error."""
     specs = input_specs(model.proto)
-    validated = None
-    searched = None
     if search is not None:
-        result, validated, searched = search_quantize(model, output, calibration, config=config, search=search,
-                                                      force=force, on_trial=on_trial)
+        quantized, checked, searched = search_quantize(model, output, calibration, config=config, search=search,
+                                                       force=force, on_trial=on_trial)
+        result = PipelineResult(quantize=quantized, search=searched, validate=[] if evaluation else [checked])
     else:
-        result = quantize(model, output, calibration, config=config, force=force)
+        result = PipelineResult(quantize=quantize(model, output, calibration, config=config, force=force))
     if evaluation is not None:
-        validated = validate(model.path, output, open_data(evaluation, specs), config=validate_config)
-    timed = None
+        for ep in providers:
+            result.validate.append(validate(model.path, output, open_data(evaluation, specs),
+                                            config=ValidateConfig(gates=gates or Gates(), ep=ep)))
     if benchmark_config is not None:
         source = evaluation or (search.evaluation if search else DataConfig("synthetic"))
         feeds = batch_feeds(open_data(source, specs), benchmark_config.batch)
-        timed = benchmark([model.path, output], feeds, config=replace(benchmark_config, reference_first=True))
-    return PipelineResult(quantize=result, validate=validated, benchmark=timed, search=searched)
+        for ep in providers:
+            result.benchmark.append(benchmark([model.path, output], feeds,
+                                              config=replace(benchmark_config, ep=ep, reference_first=True)))
+    ranked_on = evaluation or (search.evaluation if search else None)
+    if analyze_nodes and ranked_on is not None:
+        limit = min(ranked_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
+        result.analyze = analyze(model.path, output, open_data(replace(ranked_on, max_samples=limit), specs))
+    return result
 
 
 def write_report(payload: dict[str, object], path: str | Path) -> None:
-    """Write a JSON report atomically: a temporary file beside it, then a rename."""
+    """Write a report atomically (a temporary file beside it, then a rename): HTML when the name
+    ends in .html or .htm, else JSON."""
     target = Path(path)
-    try:
-        write_atomically(target, json.dumps(payload, indent=2) + "\n")
-    except OSError as exc:
-        raise OutputError(f"cannot write the report {target}: {exc.strerror or exc}",
-                          hint="check the folder exists and is writable") from exc
+    if target.suffix.lower() in (".html", ".htm"):
+        from qconvert.report_html import render_html
+
+        text = render_html(payload)
+    else:
+        text = json.dumps(payload, indent=2) + "\n"
+    write_output(target, text, "report")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from qconvert.providers import Placement
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
 
 
 def versions() -> dict[str, str]:
@@ -270,6 +270,7 @@ class Latency:
     throughput: float  # samples per second at the benchmark's batch size
     speedup: float  # median latency of the first model / this model's
     placement: Placement | None = None
+    samples_ms: list[float] = field(default_factory=list)  # every timed run, in the order run
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -277,6 +278,7 @@ class Latency:
             "p90_ms": number(self.p90_ms, 4), "p99_ms": number(self.p99_ms, 4), "min_ms": number(self.min_ms, 4),
             "throughput_per_s": number(self.throughput, 2), "speedup_vs_first": number(self.speedup, 4),
             "placement": self.placement.to_dict() if self.placement else None,
+            "samples_ms": [round(v, 4) for v in self.samples_ms],
         }
 
 

@@ -66,3 +66,17 @@ def onnxruntime_distribution() -> str:
         if any(str(f) == "onnxruntime/__init__.py" for f in dist.files or []):
             return str(dist.metadata["Name"])
     return "onnxruntime"
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a kill -9 of the parent leaves no
+    orphan worker behind); exit at once when the parent is already gone."""
+    import ctypes
+    import signal
+
+    from qconvert.errors import ExitCode
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(int(ExitCode.TERMINATED))

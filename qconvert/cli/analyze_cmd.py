@@ -16,6 +16,8 @@ from qconvert.cli.options import (
     JsonOpt,
     LayoutOpt,
     MeanOpt,
+    ReportOpt,
+    SaveRecipeOpt,
     ShapeOpt,
     StdOpt,
 )
@@ -32,6 +34,7 @@ AnalyzeSamplesOpt = Annotated[int, typer.Option(
 
 @command("analyze")
 def analyze(
+    ctx: typer.Context,
     fp32_model: Annotated[Path, typer.Argument(help="The FP32 original.", show_default=False)],
     quantized_model: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
     data: DataOpt,
@@ -44,16 +47,21 @@ def analyze(
     std: StdOpt = "1",
     layout: LayoutOpt = None,
     allow_nonfinite: AllowNonfiniteOpt = False,
+    report: ReportOpt = None,
+    save_recipe: SaveRecipeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank the nodes of a quantized model by the error each adds on its own, worst first."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.analyze import analyze as run_analyze
     from qconvert.cli import render
+    from qconvert.pipeline import write_report
 
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)
     stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
     result = run_analyze(fp32_model, quantized_model, stream, top=top)
+    if report is not None:
+        write_report(result.to_dict(), report)
     render.analyze_result(result, as_json=as_json, top=top or 20)

@@ -65,14 +65,21 @@ def _quiet_runtime() -> None:
         pass
 
 
-def command(name: str) -> Callable[[F], F]:
-    """Register a command whose exceptions map to exit codes here and nowhere else."""
+def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F], F]:
+    """Register a command whose exceptions map to exit codes here and nowhere else. From the
+    console script, the command runs in a supervised worker unless `isolate` is false (for
+    commands that only dispatch to another). A command with a `save_recipe` option writes its
+    recipe first."""
     from qconvert.cli import render
 
     def decorate(func: F) -> F:
         def run(args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool) -> int:
             try:
                 _quiet_runtime()
+                if kwargs.get("save_recipe") is not None:
+                    from qconvert.cli import recipe
+
+                    recipe.save(kwargs["ctx"], kwargs["save_recipe"])
                 func(*args, **kwargs)
                 return ExitCode.OK
             except (MemoryError, OSError) as exc:
@@ -99,7 +106,7 @@ def command(name: str) -> Callable[[F], F]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             as_json = bool(kwargs.get("as_json"))
-            if _isolated.get() and supervise.available():
+            if isolate and _isolated.get() and supervise.available():
                 outcome = supervise.supervise(lambda: run(args, kwargs, as_json),
                                                _budget.get() or supervise.Budget())
                 code = outcome if isinstance(outcome, int) else failed(outcome, as_json)
@@ -108,7 +115,7 @@ def command(name: str) -> Callable[[F], F]:
             if code:
                 raise typer.Exit(code)
 
-        app.command(name)(wrapper)
+        app.command(name, **settings)(wrapper)
         return func
 
     return decorate
@@ -131,4 +138,5 @@ from qconvert.cli import benchmark_cmd as _benchmark_cmd  # noqa: E402,F401
 from qconvert.cli import inspect_cmd as _inspect_cmd  # noqa: E402,F401
 from qconvert.cli import providers_cmd as _providers_cmd  # noqa: E402,F401
 from qconvert.cli import quantize_cmd as _quantize_cmd  # noqa: E402,F401
+from qconvert.cli import run_cmd as _run_cmd  # noqa: E402,F401
 from qconvert.cli import validate_cmd as _validate_cmd  # noqa: E402,F401

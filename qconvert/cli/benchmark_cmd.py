@@ -18,7 +18,9 @@ from qconvert.cli.options import (
     LayoutOpt,
     MeanOpt,
     MinSpeedupOpt,
+    ReportOpt,
     RunsOpt,
+    SaveRecipeOpt,
     ShapeOpt,
     StdOpt,
     ThreadsOpt,
@@ -27,6 +29,7 @@ from qconvert.cli.options import (
 
 @command("benchmark")
 def benchmark(
+    ctx: typer.Context,
     models: Annotated[list[Path], typer.Argument(
         help="Models to time, interleaved; the first is the baseline for speedups.", show_default=False)],
     runs: RunsOpt = None,
@@ -47,6 +50,8 @@ def benchmark(
     std: StdOpt = "1",
     layout: LayoutOpt = None,
     allow_nonfinite: AllowNonfiniteOpt = False,
+    report: ReportOpt = None,
+    save_recipe: SaveRecipeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
@@ -54,6 +59,7 @@ def benchmark(
     from qconvert.benchmark import BenchmarkConfig, batch_feeds
     from qconvert.benchmark import benchmark as run_benchmark
     from qconvert.cli import render
+    from qconvert.pipeline import write_report
 
     config = BenchmarkConfig(
         runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
@@ -63,5 +69,7 @@ def benchmark(
                                       mean=mean, std=std, layout=layout, allow_nonfinite=allow_nonfinite)
     feeds = batch_feeds(open_data(data_config, input_specs(load_model(models[0]).proto)), batch)
     result = run_benchmark(list(models), feeds, config=config)
+    if report is not None:
+        write_report(result.to_dict(), report)
     render.benchmark_result(result, as_json=as_json)
     result.raise_for_gates()

@@ -31,6 +31,12 @@ EpOpt = Annotated[str, typer.Option(
     "--ep", help="Execution provider: cpu, openvino, qnn, vitisai, dml, coreml, … (see `qconvert providers`).")]
 EpOptionOpt = Annotated[list[str] | None, typer.Option(
     "--ep-option", help="Provider option KEY=VALUE, e.g. device_type=NPU (repeatable).", show_default=False)]
+EpsOpt = Annotated[list[str] | None, typer.Option(
+    "--ep", help="Validate and benchmark on this execution provider: cpu, openvino, qnn, … (repeatable: each in "
+                 "turn) [default: cpu].", show_default=False)]
+EpsOptionOpt = Annotated[list[str] | None, typer.Option(
+    "--ep-option", help="Provider option KEY=VALUE for every --ep, or PROVIDER:KEY=VALUE for one (repeatable).",
+    show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads (1 is the reproducible choice).")]
 LabelsOpt = Annotated[str | None, typer.Option(
     "--labels", help="Key of the class labels stored beside the inputs (npz): adds top-1 accuracy of both.",
@@ -50,6 +56,12 @@ SamplesOpt = Annotated[int | None, typer.Option(
     "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
 RunsOpt = Annotated[int | None, typer.Option(
     "--runs", min=1, help="Timed runs per model [default: 100].", show_default=False)]
+ReportOpt = Annotated[Path | None, typer.Option(
+    "--report", help="Also write the result (all steps) to this file: HTML when it ends in .html, else JSON.",
+    show_default=False)]
+SaveRecipeOpt = Annotated[Path | None, typer.Option(
+    "--save-recipe", help="Also write this command as a recipe file (TOML) that `qconvert run` replays.",
+    show_default=False)]
 MinSpeedupOpt = Annotated[float | None, typer.Option(
     "--min-speedup", help="Gate: every model after the first must be this many times faster.",
     show_default=False)]
@@ -98,15 +110,29 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
 
 def ep_config(provider: str, items: list[str] | None, threads: int) -> EPConfig:
     """The EPConfig behind --ep, --ep-option KEY=VALUE (repeatable) and --threads."""
-    from qconvert.providers import EPConfig
+    return ep_configs([provider], items, threads)[0]
 
-    options = []
+
+def ep_configs(providers: list[str] | None, items: list[str] | None, threads: int) -> tuple[EPConfig, ...]:
+    """One EPConfig per --ep (default: cpu). An --ep-option applies to every provider, or, written
+    PROVIDER:KEY=VALUE, to that one only."""
+    from qconvert.providers import EPConfig, alias
+
+    names = list(dict.fromkeys(providers or ["cpu"]))
+    options: dict[str, list[tuple[str, str]]] = {alias(name): [] for name in names}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--ep-option {item!r}: expected KEY=VALUE", hint="e.g. --ep-option device_type=CPU")
-        options.append((key.strip(), value.strip()))
-    return EPConfig(provider=provider, options=tuple(options), threads=threads)
+        scope, colon, key = key.rpartition(":") if ":" in key else ("", "", key)
+        if not sep or not key.strip() or (colon and not scope.strip()):
+            raise UsageError(f"--ep-option {item!r}: expected KEY=VALUE or PROVIDER:KEY=VALUE",
+                             hint="e.g. --ep-option device_type=CPU or --ep-option openvino:device_type=NPU")
+        if scope and alias(scope) not in options:
+            raise UsageError(f"--ep-option {item!r} names the provider {scope!r}, which no --ep gives",
+                             hint=f"providers in this run: {', '.join(names)}")
+        for name, found in options.items():
+            if not scope or alias(scope) == name:
+                found.append((key.strip(), value.strip()))
+    return tuple(EPConfig(provider=name, options=tuple(options[alias(name)]), threads=threads) for name in names)
 
 
 def data_config(source: str, *, samples: int | None, shape: list[str] | None, image_size: str | None,

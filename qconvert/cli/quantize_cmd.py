@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,8 +12,8 @@ from qconvert.cli.app import command
 from qconvert.cli.options import (
     AllowNonfiniteOpt,
     CalibSamplesOpt,
-    EpOpt,
-    EpOptionOpt,
+    EpsOpt,
+    EpsOptionOpt,
     ForceOpt,
     ImageSizeOpt,
     JsonOpt,
@@ -24,23 +24,29 @@ from qconvert.cli.options import (
     MinCosineOpt,
     MinSpeedupOpt,
     MinSqnrOpt,
-    ModelArg,
+    ReportOpt,
     RunsOpt,
+    SaveRecipeOpt,
     ShapeOpt,
     StdOpt,
     ThreadsOpt,
 )
-from qconvert.config import ActivationType, CalibrationMethod, Mode, Sensitive, Target, WeightType
+from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Mode, Sensitive, Target, WeightType
 from qconvert.errors import UsageError
 from qconvert.presets import PRESETS, expand
+
+if TYPE_CHECKING:
+    from qconvert.batch import BatchResult
 
 
 @command("quantize")
 def quantize(
     ctx: typer.Context,
-    model: ModelArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.",
-                                         show_default=False)],
+    model: Annotated[list[str], typer.Argument(
+        help="ONNX model file; several, a folder or a quoted glob make a batch.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Where to write the quantized model; for a batch a folder, or a name with {stem}.",
+        show_default=False)],
     calib: Annotated[str | None, typer.Option(
         "--calib", help="Calibration data: .npz file or folder, .npy folder, ONNX test-data folder, image "
                         "folder, file.py:function, package.module:function, or 'synthetic'.",
@@ -117,21 +123,26 @@ def quantize(
         rich_help_panel="Then")] = False,
     runs: RunsOpt = None,
     min_speedup: MinSpeedupOpt = None,
-    ep: EpOpt = "cpu",
-    ep_option: EpOptionOpt = None,
+    then_analyze: Annotated[bool, typer.Option(
+        "--analyze", help="Then rank the quantized nodes by their own error on the evaluation data.",
+        rich_help_panel="Then")] = False,
+    ep: EpsOpt = None,
+    ep_option: EpsOptionOpt = None,
     threads: ThreadsOpt = 1,
-    report: Annotated[Path | None, typer.Option(
-        "--report", help="Also write the JSON result (all steps) to this file.", show_default=False)] = None,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Batch: models quantized at once, each in its own worker process.")] = 1,
+    report: ReportOpt = None,
+    save_recipe: SaveRecipeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate and
-    benchmark it against FP32 in the same run (exit 3 when a gate fails)."""
-    from qconvert import input_specs, load_model, open_data
+    """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate, benchmark and
+    analyze it against FP32 in the same run (exit 3 when a gate fails). Several models make a batch."""
+    from qconvert.batch import batch_jobs, expand_models, run_batch
     from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
-    from qconvert.pipeline import quantize_and_measure, write_report
+    from qconvert.pipeline import PipelineJob, run_job, write_report
     from qconvert.search import SearchConfig
-    from qconvert.validate import Gates, ValidateConfig
+    from qconvert.validate import Gates
 
     fields = {  # QuantizeConfig field: (CLI parameter, value)
         "mode": ("mode", mode), "activations": ("activations", activations), "weights": ("weights", weights),
@@ -152,42 +163,53 @@ def quantize(
         render.presets([PRESETS[name] for name in config.presets], sorted(given))
     # Synthetic data for a model made static takes the fixed shapes unless --shape says otherwise.
     shape = shape or fix_shape
-    data_config = None
-    if calib is not None:
-        data_config = options.data_config(calib, samples=calib_samples, shape=shape, image_size=image_size,
-                                          mean=mean, std=std, layout=layout, allow_nonfinite=allow_nonfinite)
-    ep_config = options.ep_config(ep, ep_option, threads)
-    evaluation = None
+
+    def data(source: str, samples: int | None = None, labeled: bool = False) -> DataConfig:
+        return options.data_config(source, samples=samples, shape=shape, image_size=image_size, mean=mean, std=std,
+                                   layout=layout, labels=labels if labeled else None,
+                                   allow_nonfinite=allow_nonfinite)
+
     gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
-    if validate_data is not None:
-        evaluation = options.data_config(validate_data, samples=None, shape=shape, image_size=image_size,
-                                         mean=mean, std=std, layout=layout, labels=labels,
-                                         allow_nonfinite=allow_nonfinite)
-    elif eval_data is None and (labels or min_cosine is not None or max_drop is not None or min_sqnr is not None):
-        raise UsageError("accuracy gates need evaluation data", hint="add --eval-data DATA or --validate DATA")
-    search = None
-    if eval_data is not None:
-        search = SearchConfig(
-            evaluation=options.data_config(eval_data, samples=eval_samples, shape=shape, image_size=image_size,
-                                           mean=mean, std=std, layout=layout, labels=labels,
-                                           allow_nonfinite=allow_nonfinite),
-            gates=gates, max_trials=max_trials)
+    if validate_data is None and eval_data is None and (
+            labels or then_analyze or min_cosine is not None or max_drop is not None or min_sqnr is not None):
+        raise UsageError("accuracy gates and --analyze need evaluation data",
+                         hint="add --eval-data DATA or --validate DATA")
     if not then_benchmark and (runs is not None or min_speedup is not None):
         raise UsageError("--runs and --min-speedup need --benchmark")
-    loaded = load_model(model)
-    data = open_data(data_config, input_specs(loaded.proto)) if data_config else None
-    result = quantize_and_measure(
-        loaded, output, data, config=config, force=force, evaluation=evaluation,
-        validate_config=ValidateConfig(gates=gates, ep=ep_config), search=search,
-        on_trial=render.trial if search else None,
-        benchmark_config=BenchmarkConfig(runs=runs, min_speedup=min_speedup, ep=ep_config) if then_benchmark else None,
+    template = PipelineJob(
+        model=Path(), output=output, config=config, force=force, gates=gates, analyze=then_analyze,
+        calibration=data(calib, calib_samples) if calib is not None else None,
+        evaluation=data(validate_data, labeled=True) if validate_data is not None else None,
+        providers=options.ep_configs(ep, ep_option, threads),
+        search=SearchConfig(evaluation=data(eval_data, eval_samples, labeled=True), gates=gates,
+                            max_trials=max_trials) if eval_data is not None else None,
+        benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
-    steps = result.validate is not None or result.benchmark is not None or result.search is not None
-    payload = result.to_dict() if steps else result.quantize.to_dict()
+    models, is_batch = expand_models(model)
+    if not is_batch:
+        result = run_job(batch_jobs(template, models, batch=False)[0], on_trial=render.trial if eval_data else None)
+        payload = result.to_dict() if result.measured else result.quantize.to_dict()
+        if report is not None:
+            write_report(payload, report)
+        render.pipeline_result(result, payload, as_json=as_json)
+        result.raise_for_gates()
+        return
+    batch = run_batch(batch_jobs(template, models, batch=True), workers=jobs, on_done=render.batch_item)
     if report is not None:
-        write_report(payload, report)
-    render.pipeline_result(result, payload, as_json=as_json)
-    result.raise_for_gates()
+        for path, item_payload in _reports(report, batch):
+            write_report(item_payload, path)
+    render.batch_result(batch, as_json=as_json)
+    if batch.exit_code:
+        raise typer.Exit(batch.exit_code)
+
+
+def _reports(report: Path, batch: BatchResult) -> list[tuple[Path, dict[str, object]]]:
+    """The batch's report files: one per model when the name has {stem}, else one for the batch."""
+    from qconvert.batch import output_for
+
+    if "{stem}" not in str(report):
+        return [(report, batch.to_dict())]
+    return [(output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

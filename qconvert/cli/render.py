@@ -28,6 +28,7 @@ from qconvert.results import (
 )
 
 if TYPE_CHECKING:
+    from qconvert.batch import BatchItem, BatchResult
     from qconvert.pipeline import PipelineResult
     from qconvert.presets import Preset
     from qconvert.providers import Placement, ProviderInfo
@@ -239,6 +240,13 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
     fallback_warnings([(m.path, m.placement) for m in r.models])
 
 
+def replaying(argv: list[str]) -> None:
+    """The command line a recipe stands for (stderr: it explains the run)."""
+    import shlex
+
+    err.print(f"[dim]running: qconvert {escape(shlex.join(argv))}[/]", highlight=False)
+
+
 def presets(items: list[Preset], explicit: list[str]) -> None:
     """What each preset expanded to (stderr: it explains the run; the result records the config)."""
     for p in items:
@@ -286,20 +294,75 @@ def search_result(r: SearchResult) -> None:
 
 
 def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json: bool) -> None:
-    """quantize, then validate and benchmark when asked; `payload` is what the report holds."""
+    """quantize, then validate, benchmark and analyze when asked; `payload` is what the report holds."""
     if as_json:
         print_json(payload)
         warnings(r.quantize.warnings)
-        fallback_warnings([(r.validate.quantized_path, r.validate.placement)] if r.validate else [])
-        fallback_warnings([(m.path, m.placement) for m in r.benchmark.models] if r.benchmark else [])
+        fallback_warnings([(v.quantized_path, v.placement) for v in r.validate])
+        fallback_warnings([(m.path, m.placement) for b in r.benchmark for m in b.models])
         return
     quantize_result(r.quantize)
     if r.search is not None:
         search_result(r.search)
-    if r.validate is not None:
-        validate_result(r.validate, as_json=False)
-    if r.benchmark is not None:
-        benchmark_result(r.benchmark, as_json=False)
+    for v in r.validate:
+        validate_result(v, as_json=False)
+    for b in r.benchmark:
+        benchmark_result(b, as_json=False)
+    if r.analyze is not None:
+        analyze_result(r.analyze, as_json=False, top=10)
+
+
+_STATUS = {"passed": "[green]passed[/]", "missed": "[yellow]missed a gate[/]", "failed": "[bold red]failed[/]"}
+
+
+def batch_item(item: BatchItem) -> None:
+    """One model of a batch, as it finishes (stderr: progress, not the result)."""
+    why = ""
+    if item.error:
+        why = f": {item.error.get('message')}"
+    elif item.result and item.status.value == "missed":
+        failed = [g for g in _as_list(item.result.get("gates")) if isinstance(g, dict) and not g.get("passed")]
+        why = ": " + "; ".join(f"{g.get('name')} {_fmt(g.get('value'), '.4g')} vs {g.get('threshold')}" for g in failed)
+    err.print(f"{_STATUS[item.status.value]} {escape(item.model)} ({item.seconds:.1f} s){escape(why)}",
+              highlight=False)
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def batch_result(r: BatchResult, *, as_json: bool) -> None:
+    """The summary table of a batch: one row per model, whatever became of it."""
+    if as_json:
+        print_json(r.to_dict())
+        return
+    counts = r.counts()
+    table = Table(title=f"{len(r.items)} models · {counts['passed']} passed · {counts['missed']} missed a gate · "
+                        f"{counts['failed']} failed · {r.seconds:.1f} s with {r.workers} worker(s)",
+                  title_justify="left")
+    for column in ("model", "status", "quantized nodes", "size", "worst cosine", "speedup", "note"):
+        table.add_column(column, justify="left" if column in ("model", "status", "note") else "right",
+                         overflow="fold")
+    for item in r.items:
+        table.add_row(escape(Path(item.model).name), _STATUS[item.status.value], *_batch_cells(item))
+    out.print(table)
+
+
+def _batch_cells(item: BatchItem) -> list[str]:
+    if item.result is None:
+        return ["—", "—", "—", "—", escape(str((item.error or {}).get("message", "")))]
+    quantized = item.result.get("quantize", item.result)
+    assert isinstance(quantized, dict)
+    nodes, size = quantized.get("nodes", {}), quantized.get("size", {})
+    cosines = [o.get("worst_cosine") for v in _as_list(item.result.get("validate")) if isinstance(v, dict)
+               for o in _as_list(v.get("outputs")) if isinstance(o, dict)]
+    speedups = [m.get("speedup_vs_first") for b in _as_list(item.result.get("benchmark")) if isinstance(b, dict)
+                for m in _as_list(b.get("models"))[1:] if isinstance(m, dict)]
+    worst = min((c for c in cosines if isinstance(c, float | int)), default=None)
+    speed = min((x for x in speedups if isinstance(x, float | int)), default=None)
+    return [f"{nodes.get('quantized')}/{nodes.get('candidates')}", f"{size.get('ratio')}× smaller",
+            _fmt(worst, ".5f"), "—" if speed is None else f"{speed:.2f}×",
+            "; ".join(escape(str(w)) for w in _as_list(quantized.get("warnings")))[:120]]
 
 
 def _placement_cell(p: Placement) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qconvert.errors import EnvironmentFailure, ExitCode, QconvertError, RuntimeFailure, UsageError
 from qconvert.model import TEMP_LOG_ENV, remove_temporary
+from qconvert.runtime import die_with_parent
 
 GRACE_SECONDS = 1.0  # a forwarded Ctrl-C lets the worker unwind this long before it is killed
 POLL_SECONDS = 0.02
@@ -81,7 +82,7 @@ def supervise(body: Callable[[], int], budget: Budget) -> int | QconvertError:
 def _worker(body: Callable[[], int], log_fd: int) -> None:
     code: int = ExitCode.INTERNAL
     try:
-        _die_with_parent()
+        die_with_parent()
         os.environ[TEMP_LOG_ENV] = str(log_fd)
         for s in _EXIT_FOR_SIGNAL:
             signal.signal(s, _once)
@@ -105,16 +106,6 @@ def _once(signum: int, _frame: object) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise SystemExit(int(ExitCode.TERMINATED))
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL the worker when the parent dies (kill -9 of the parent leaves no orphan)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
-        os._exit(int(ExitCode.TERMINATED))
 
 
 def _watch(pid: int, budget: Budget, received: list[int], log_fd: int, logged: bytearray) -> int | QconvertError:

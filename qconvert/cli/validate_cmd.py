@@ -22,7 +22,9 @@ from qconvert.cli.options import (
     MeanOpt,
     MinCosineOpt,
     MinSqnrOpt,
+    ReportOpt,
     SamplesOpt,
+    SaveRecipeOpt,
     ShapeOpt,
     StdOpt,
     ThreadsOpt,
@@ -31,6 +33,7 @@ from qconvert.cli.options import (
 
 @command("validate")
 def validate(
+    ctx: typer.Context,
     fp32_model: Annotated[Path, typer.Argument(help="The FP32 original.", show_default=False)],
     quantized_model: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
     data: DataOpt,
@@ -48,11 +51,14 @@ def validate(
     std: StdOpt = "1",
     layout: LayoutOpt = None,
     allow_nonfinite: AllowNonfiniteOpt = False,
+    report: ReportOpt = None,
+    save_recipe: SaveRecipeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.cli import render
+    from qconvert.pipeline import write_report
     from qconvert.validate import Gates, ValidateConfig
     from qconvert.validate import validate as run_validate
 
@@ -65,5 +71,7 @@ def validate(
                                       allow_nonfinite=allow_nonfinite)
     stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
     result = run_validate(fp32_model, quantized_model, stream, config=config)
+    if report is not None:
+        write_report(result.to_dict(), report)
     render.validate_result(result, as_json=as_json)
     result.raise_for_gates()

@@ -47,7 +47,7 @@ def test_quantize_searches_until_the_target_is_met(outlier: tuple[Path, Path, Pa
     report = json.loads(out)
     search = report["search"]
     assert search["met"] is True and [k["node"] for k in search["sensitive_nodes"]] == ["mm1", "mm0"]
-    assert report["validate"]["passed"] is True and report["validate"]["quantized"] == str(out_path)
+    assert report["validate"][0]["passed"] is True and report["validate"][0]["quantized"] == str(out_path)
     assert "trial 0:" in err and "trial 1:" in err  # progress on stderr, the result on stdout
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode
+from qconvert.results import SCHEMA_VERSION
 from tests import models
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def test_inspect_json_describes_the_model(tmp_path: Path) -> None:
     code, out, _ = _run("inspect", src, "--json")
     assert code == 0
     info = json.loads(out)
-    assert info["schema_version"] == 1 and info["command"] == "inspect"
+    assert info["schema_version"] == SCHEMA_VERSION and info["command"] == "inspect"
     assert info["opsets"] == {"ai.onnx": 17} and info["ir_version"] == 8
     assert info["producer"] == "qconvert-tests"
     assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 16]}]

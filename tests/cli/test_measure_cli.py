@@ -81,8 +81,8 @@ def test_quantize_validate_benchmark_writes_one_report(cnn: Path, cnn_calib: Pat
     assert printed == written
     assert written["command"] == "pipeline" and written["passed"] is True
     assert written["quantize"]["output"] == str(out)
-    assert written["validate"]["samples"] == 16 and written["validate"]["gates"][0]["passed"] is True
-    assert [m["path"] for m in written["benchmark"]["models"]] == [str(cnn), str(out)]
+    assert written["validate"][0]["samples"] == 16 and written["validate"][0]["gates"][0]["passed"] is True
+    assert [m["path"] for m in written["benchmark"][0]["models"]] == [str(cnn), str(out)]
 
 
 def test_pipeline_gate_failure_keeps_the_model_and_the_report(cnn: Path, cnn_calib: Path, tmp_path: Path) -> None:

@@ -126,9 +126,15 @@ def test_disk_full_while_writing_the_report_keeps_the_old_report(mlp: Path, tmp_
 
     monkeypatch.setattr(os, "fsync", full)
     result = runner.invoke(app, ["quantize", str(mlp), "-o", str(out), "--report", str(report)])
-    assert result.exit_code == ExitCode.BAD_INPUT and "cannot write the report" in result.stderr
+    assert result.exit_code == ExitCode.ENVIRONMENT and "no space left" in result.stderr
     assert report.read_text() == "{}"
     assert not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
+
+
+def test_a_report_in_a_missing_folder_is_bad_input(mlp: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"),
+                                 "--report", str(tmp_path / "no" / "r.json")])
+    assert result.exit_code == ExitCode.BAD_INPUT and "cannot write the report" in result.stderr
 
 
 def test_temporaries_of_a_killed_run_are_swept_by_the_next(mlp: Path, tmp_path: Path) -> None:

@@ -75,6 +75,6 @@ def test_pipeline_fixes_the_shape_and_runs_on_qnn(tmp_path: Path) -> None:
                         "--calib-samples", "32", "--fix-shape", "image=1,1,32,32", "--ep", "qnn",
                         "--benchmark", "--runs", "3", "--report", report)
     assert code == ExitCode.OK, err
-    bench = json.loads(report.read_text())["benchmark"]
+    bench = json.loads(report.read_text())["benchmark"][0]
     fp32, quant = bench["models"]
     assert fp32["placement"]["all_on_cpu"] and quant["placement"]["share"] > 0.9

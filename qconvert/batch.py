@@ -1,0 +1,234 @@
+"""Several models through the pipeline, each in its own worker process.
+
+A worker is a fresh interpreter (multiprocessing's spawn start method: no onnxruntime state is
+inherited through a fork). One model's failure — an error, a crash in native code, the out-of-memory
+killer — is recorded for that model and never stops the others or loses their results. The batch
+passes when every model ran and met its gates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from qconvert.config import StrEnum
+from qconvert.errors import (
+    ExitCode,
+    ModelError,
+    QconvertError,
+    RuntimeFailure,
+    UsageError,
+    from_system_error,
+)
+from qconvert.model import TEMP_LOG_ENV, scratch_dir
+from qconvert.pipeline import PipelineJob
+from qconvert.results import SCHEMA_VERSION, versions
+from qconvert.runtime import die_with_parent
+
+log = logging.getLogger(__name__)
+
+BATCH_SUFFIX = ".quant.onnx"  # a batch writes MODEL_STEM + this into its output folder
+
+
+def expand_models(items: Sequence[str | Path]) -> tuple[list[Path], bool]:
+    """The model files named by `items` — files, folders (their *.onnx, sorted) and globs — and
+    whether they make a batch (more than one model, or any folder or glob)."""
+    found: list[Path] = []
+    batch = len(items) > 1
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir() and path.suffix.lower() != ".onnx":  # a folder named *.onnx is a mistaken model path
+            batch = True
+            matches = sorted(p for p in path.glob("*.onnx") if p.is_file())
+            if not matches:
+                raise ModelError(f"no .onnx file in the folder {path}", hint="point at a folder of ONNX models")
+            found += matches
+        elif glob.has_magic(text) and not path.exists():
+            batch = True
+            matches = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            if not matches:
+                raise ModelError(f"no file matches {text}", hint="check the pattern; quote it so the shell leaves it")
+            found += matches
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(found))
+    return unique, batch or len(unique) > 1
+
+
+def output_for(model: Path, output: Path, *, batch: bool) -> Path:
+    """Where `model`'s quantized copy goes: `output` itself for one model; for a batch, `output`
+    with {stem} replaced by the model's name when it has one, else a file in the folder `output`."""
+    if "{stem}" in str(output):
+        return Path(str(output).replace("{stem}", model.stem))
+    if not batch:
+        return output
+    if output.suffix.lower() == ".onnx":
+        raise UsageError(f"several models cannot all be written to {output}",
+                         hint="give a folder (-o out/) or a name with {stem} (-o 'out/{stem}.int8.onnx')")
+    return output / f"{model.stem}{BATCH_SUFFIX}"
+
+
+def batch_jobs(template: PipelineJob, models: Sequence[Path], *, batch: bool) -> list[PipelineJob]:
+    """One job per model from `template`, with distinct outputs none of which is an input."""
+    jobs = [replace(template, model=m, output=output_for(m, template.output, batch=batch)) for m in models]
+    outputs = [j.output.resolve() for j in jobs]
+    inputs = {m.resolve() for m in models}
+    for job, out in zip(jobs, outputs, strict=True):
+        if outputs.count(out) > 1:
+            raise UsageError(f"two models would be written to {job.output}",
+                             hint="models with the same name from different folders need -o 'out/{stem}…' per "
+                                  "folder, or separate runs")
+        if batch and out in inputs:
+            raise UsageError(f"the output {job.output} would replace one of the input models",
+                             hint="write the batch to another folder")
+    if batch and "{stem}" not in str(template.output):
+        template.output.mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+class Status(StrEnum):
+    PASSED = "passed"  # ran, and met every gate
+    MISSED = "missed"  # ran, and missed a gate
+    FAILED = "failed"  # did not finish: an error or a crash
+
+
+@dataclass
+class BatchItem:
+    model: str
+    output: str
+    status: Status
+    seconds: float
+    result: dict[str, Any] | None = None  # the pipeline report, when it ran
+    error: dict[str, object] | None = None  # QconvertError.to_dict(), when it failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.status is Status.PASSED:
+            return ExitCode.OK
+        if self.status is Status.MISSED:
+            return ExitCode.GATE_FAILED
+        code = (self.error or {}).get("exit_code", ExitCode.INTERNAL)
+        return int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "output": self.output, "status": self.status.value,
+                "seconds": round(self.seconds, 3), "error": self.error, "result": self.result}
+
+
+@dataclass
+class BatchResult:
+    items: list[BatchItem]
+    workers: int
+    seconds: float
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def passed(self) -> bool:
+        return all(i.status is Status.PASSED for i in self.items)
+
+    @property
+    def exit_code(self) -> int:
+        """The first failed model's exit code; else 3 when any model missed a gate; else 0."""
+        failed = [i for i in self.items if i.status is Status.FAILED]
+        if failed:
+            return failed[0].exit_code
+        return ExitCode.GATE_FAILED if not self.passed else ExitCode.OK
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: sum(i.status is s for i in self.items) for s in list(Status)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"schema_version": SCHEMA_VERSION, "command": "batch", "workers": self.workers,
+                "seconds": round(self.seconds, 3), "counts": self.counts(), "passed": self.passed,
+                "models": [i.to_dict() for i in self.items], "versions": self.versions}
+
+
+def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
+              on_done: Callable[[BatchItem], None] | None = None) -> BatchResult:
+    """Run every job, at most `workers` at a time, each in its own process; items come back in
+    the order of `jobs` whatever the order they finish in."""
+    if workers < 1:
+        raise UsageError(f"--jobs must be at least 1, got {workers}")
+    started = time.monotonic()
+    context = multiprocessing.get_context("spawn")
+    items: dict[int, BatchItem] = {}
+    level = logging.getLogger("qconvert").getEffectiveLevel()
+    with scratch_dir() as work:
+        pending = list(enumerate(jobs))
+        running: dict[Any, tuple[Any, int, PipelineJob, float]] = {}  # sentinel -> (process, index, job, start)
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    index, job = pending.pop(0)
+                    process = context.Process(target=_work, args=(job, work / f"{index}.json", level),
+                                              name=f"qconvert-batch-{index}", daemon=True)
+                    process.start()
+                    running[process.sentinel] = (process, index, job, time.monotonic())
+                for sentinel in wait(list(running)):
+                    process, index, job, began = running.pop(sentinel)
+                    process.join()
+                    items[index] = _collect(job, work / f"{index}.json", process.exitcode, time.monotonic() - began)
+                    if on_done:
+                        on_done(items[index])
+        finally:
+            for process, *_ in running.values():
+                process.terminate()
+            for process, *_ in running.values():
+                process.join(5)
+                if process.is_alive():
+                    process.kill()
+    return BatchResult([items[i] for i in sorted(items)], workers, time.monotonic() - started)
+
+
+def _work(job: PipelineJob, result_file: Path, level: int) -> None:
+    """A worker: run one job and write what came of it to `result_file` (the exit code says the rest)."""
+    from qconvert.pipeline import run_job
+
+    die_with_parent()
+    os.environ.pop(TEMP_LOG_ENV, None)  # the supervisor's pipe is not this process's
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers
+    os.dup2(2, 1)  # stdout belongs to the parent's results
+    logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_job(job)
+        outcome: dict[str, object] = {"result": result.to_dict(), "passed": result.passed}
+    except (MemoryError, OSError) as exc:
+        outcome = {"error": from_system_error(exc).to_dict()}
+    except QconvertError as exc:
+        outcome = {"error": exc.to_dict()}
+    except Exception as exc:  # a bug in qconvert: recorded for this model, the others go on
+        log.debug("internal error", exc_info=True)
+        bug = QconvertError(f"{type(exc).__name__}: {exc}",
+                            hint="this is a bug in qconvert; run this model alone with --debug")
+        outcome = {"error": bug.to_dict()}
+    result_file.write_text(json.dumps(outcome))
+
+
+def _collect(job: PipelineJob, result_file: Path, exitcode: int | None, seconds: float) -> BatchItem:
+    item = BatchItem(str(job.model), str(job.output), Status.FAILED, seconds)
+    outcome: dict[str, Any] | None = None
+    with contextlib.suppress(OSError, ValueError):
+        outcome = json.loads(result_file.read_text())
+    if outcome is None:
+        cause = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
+        item.error = RuntimeFailure(f"the worker for {job.model} died ({cause}): a crash in onnxruntime or onnx, or "
+                                    "the system's out-of-memory killer",
+                                    hint="run this model alone with --debug to see where").to_dict()
+    elif "error" in outcome:
+        item.error = outcome["error"]
+    else:
+        item.result = outcome["result"]
+        item.status = Status.PASSED if outcome["passed"] else Status.MISSED
+    return item
