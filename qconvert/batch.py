@@ -93,8 +93,9 @@ def batch_jobs(template: PipelineJob, models: Sequence[Path], *, batch: bool) ->
         if batch and out in inputs:
             raise UsageError(f"the output {job.output} would replace one of the input models",
                              hint="write the batch to another folder")
-    if batch and "{stem}" not in str(template.output):
-        template.output.mkdir(parents=True, exist_ok=True)
+    if batch:  # a batch makes its output folders
+        for job in jobs:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
     return jobs
 
 
@@ -198,12 +199,13 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
 
     die_with_parent()
     os.environ.pop(TEMP_LOG_ENV, None)  # the supervisor's pipe is not this process's
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers,
+    signal.signal(signal.SIGTERM, _unwind)  # which unwind so their temporary files are removed
     os.dup2(2, 1)  # stdout belongs to the parent's results
     logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
     try:
         result = run_job(job)
-        outcome: dict[str, object] = {"result": result.to_dict(), "passed": result.passed}
+        outcome: dict[str, object] = {"result": result.report(), "passed": result.passed}
     except (MemoryError, OSError) as exc:
         outcome = {"error": from_system_error(exc).to_dict()}
     except QconvertError as exc:
@@ -214,6 +216,10 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
                             hint="this is a bug in qconvert; run this model alone with --debug")
         outcome = {"error": bug.to_dict()}
     result_file.write_text(json.dumps(outcome))
+
+
+def _unwind(signum: int, _frame: object) -> None:
+    raise SystemExit(int(ExitCode.TERMINATED))
 
 
 def _collect(job: PipelineJob, result_file: Path, exitcode: int | None, seconds: float) -> BatchItem:

@@ -95,8 +95,12 @@ class PipelineResult:
 
     @property
     def measured(self) -> bool:
-        """Whether any step ran after quantize (else the quantize result alone is the report)."""
+        """Whether any step ran after quantize."""
         return bool(self.validate or self.benchmark or self.search or self.analyze)
+
+    def report(self) -> dict[str, object]:
+        """The report: the whole pipeline's when any step ran after quantize, else quantize's own."""
+        return self.to_dict() if self.measured else self.quantize.to_dict()
 
     def raise_for_gates(self) -> None:
         for step in (*self.validate, *self.benchmark):

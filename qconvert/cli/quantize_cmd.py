@@ -188,7 +188,7 @@ def quantize(
     models, is_batch = expand_models(model)
     if not is_batch:
         result = run_job(batch_jobs(template, models, batch=False)[0], on_trial=render.trial if eval_data else None)
-        payload = result.to_dict() if result.measured else result.quantize.to_dict()
+        payload = result.report()
         if report is not None:
             write_report(payload, report)
         render.pipeline_result(result, payload, as_json=as_json)
