@@ -9,7 +9,9 @@ from qconvert.calibration import CalibrationData, open_data
 from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Layout, Mode, QuantizeConfig, WeightType
 from qconvert.describe import describe
 from qconvert.errors import ExitCode, QconvertError
+from qconvert.batch import BatchResult, run_batch
 from qconvert.model import LoadedModel, TensorSpec, input_specs, load_model, output_specs
+from qconvert.pipeline import PipelineJob, PipelineResult, run_job
 from qconvert.quantize import quantize
 from qconvert.results import InspectResult, QuantizeResult
 
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationType",
+    "BatchResult",
     "CalibrationData",
     "CalibrationMethod",
     "DataConfig",
@@ -25,6 +28,8 @@ __all__ = [
     "Layout",
     "LoadedModel",
     "Mode",
+    "PipelineJob",
+    "PipelineResult",
     "QconvertError",
     "QuantizeConfig",
     "QuantizeResult",
@@ -36,4 +41,6 @@ __all__ = [
     "open_data",
     "output_specs",
     "quantize",
+    "run_batch",
+    "run_job",
 ]
