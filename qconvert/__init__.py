@@ -5,11 +5,11 @@ The library is the product; the `qconvert` command line is a thin layer over the
 
 from __future__ import annotations
 
+from qconvert.batch import BatchResult, run_batch
 from qconvert.calibration import CalibrationData, open_data
 from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Layout, Mode, QuantizeConfig, WeightType
 from qconvert.describe import describe
 from qconvert.errors import ExitCode, QconvertError
-from qconvert.batch import BatchResult, run_batch
 from qconvert.model import LoadedModel, TensorSpec, input_specs, load_model, output_specs
 from qconvert.pipeline import PipelineJob, PipelineResult, run_job
 from qconvert.quantize import quantize

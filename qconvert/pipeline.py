@@ -18,7 +18,7 @@ from qconvert.analyze import analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, QuantizeConfig
-from qconvert.errors import UsageError
+from qconvert.errors import OutputError, UsageError
 from qconvert.model import LoadedModel, input_specs, load_model, write_output
 from qconvert.providers import EPConfig
 from qconvert.quantize import quantize
@@ -162,6 +162,13 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
         limit = min(ranked_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
         result.analyze = analyze(model.path, output, open_data(replace(ranked_on, max_samples=limit), specs))
     return result
+
+
+def check_report_path(path: Path) -> None:
+    """Refuse a report that could not be written before any work is done for it."""
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write the report {path}: its folder does not exist",
+                          hint="create the folder first, or write the report elsewhere")
 
 
 def write_report(payload: dict[str, object], path: str | Path) -> None:

@@ -55,8 +55,10 @@ def analyze(
     from qconvert import input_specs, load_model, open_data
     from qconvert.analyze import analyze as run_analyze
     from qconvert.cli import render
-    from qconvert.pipeline import write_report
+    from qconvert.pipeline import check_report_path, write_report
 
+    if report is not None:
+        check_report_path(report)
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)

@@ -59,8 +59,10 @@ def benchmark(
     from qconvert.benchmark import BenchmarkConfig, batch_feeds
     from qconvert.benchmark import benchmark as run_benchmark
     from qconvert.cli import render
-    from qconvert.pipeline import write_report
+    from qconvert.pipeline import check_report_path, write_report
 
+    if report is not None:
+        check_report_path(report)
     config = BenchmarkConfig(
         runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
         ep=options.ep_config(ep, ep_option, threads),

@@ -140,7 +140,7 @@ def quantize(
     from qconvert.batch import batch_jobs, expand_models, run_batch
     from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
-    from qconvert.pipeline import PipelineJob, run_job, write_report
+    from qconvert.pipeline import PipelineJob, check_report_path, run_job, write_report
     from qconvert.search import SearchConfig
     from qconvert.validate import Gates
 
@@ -186,6 +186,8 @@ def quantize(
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
     models, is_batch = expand_models(model)
+    if report is not None and "{stem}" not in str(report):
+        check_report_path(report)
     if not is_batch:
         result = run_job(batch_jobs(template, models, batch=False)[0], on_trial=render.trial if eval_data else None)
         payload = result.report()
@@ -209,7 +211,10 @@ def _reports(report: Path, batch: BatchResult) -> list[tuple[Path, dict[str, obj
 
     if "{stem}" not in str(report):
         return [(report, batch.to_dict())]
-    return [(output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
+    found = [(output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
+    for path, _ in found:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return found
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -58,10 +58,12 @@ def validate(
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.cli import render
-    from qconvert.pipeline import write_report
+    from qconvert.pipeline import check_report_path, write_report
     from qconvert.validate import Gates, ValidateConfig
     from qconvert.validate import validate as run_validate
 
+    if report is not None:
+        check_report_path(report)
     config = ValidateConfig(
         gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
         ep=options.ep_config(ep, ep_option, threads),

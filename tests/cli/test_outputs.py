@@ -135,6 +135,7 @@ def test_a_report_in_a_missing_folder_is_bad_input(mlp: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"),
                                  "--report", str(tmp_path / "no" / "r.json")])
     assert result.exit_code == ExitCode.BAD_INPUT and "cannot write the report" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()  # refused before any work
 
 
 def test_temporaries_of_a_killed_run_are_swept_by_the_next(mlp: Path, tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_a_missing_recipe_says_how_to_make_one(tmp_path: Path) -> None:
 def test_recipe_exit_codes_are_the_commands(tmp_path: Path) -> None:
     path = tmp_path / "gate.toml"
     path.write_text(f'command = "validate"\nfp32-model = "{SAMPLES / "digits_cnn.onnx"}"\n'
-                    f'quantized-model = "{SAMPLES / "digits_transformer.onnx"}"\ndata = "{SAMPLES / "digits.eval.npz"}"\n'
-                    f'labels = "labels"\nsamples = 4\nmin-cosine = 0.999\n')
+                    f'quantized-model = "{SAMPLES / "digits_transformer.onnx"}"\n'
+                    f'data = "{SAMPLES / "digits.eval.npz"}"\nlabels = "labels"\nsamples = 4\nmin-cosine = 0.999\n')
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == ExitCode.GATE_FAILED, result.stderr
