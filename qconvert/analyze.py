@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.errors import DataError, ModelError
 from qconvert.model import check_model_file, load_model, scratch_dir
 from qconvert.ranges import exposing_session
@@ -235,28 +236,30 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     carried = {t: ErrorSums() for t in layout.common}
     act = {t: ErrorSums() for t in (*layout.activations, *layout.dynamic)}
     samples = 0
-    for index, sample in enumerate(data):
-        try:
-            with quiet_onnxruntime():
-                ref_values = dict(zip(layout.common, ref.run(layout.common, sample), strict=True))
-                total_values = dict(zip(compared, total.run(compared, sample), strict=True))
-                feeds = {**sample, **{t + SUFFIX: v for t, v in ref_values.items()}}
-                local_values = dict(zip(local_outputs, local.run(local_outputs, feeds), strict=True))
-        except Exception as exc:
-            raise DataError(f"analysis failed on sample {index}: {first_line(exc)}",
-                            hint="check the data against `qconvert inspect` of the FP32 model") from exc
-        for t in layout.common:
-            carried[t].add(ref_values[t], total_values[layout.compared[t]])
-            own[t].add(ref_values[t], local_values[_own_output(layout, t)])
-        known = {**sample, **ref_values}  # graph inputs are quantized too
-        for t, dq in layout.activations.items():
-            if t in known:
-                act[t].add(known[t], local_values[dq])
-        for t, (y, scale, zero) in layout.dynamic.items():
-            if t in known:
-                restored = (local_values[y].astype(np.float32) - local_values[zero].astype(np.float32))
-                act[t].add(known[t], restored * local_values[scale])
-        samples += 1
+    with progress.task("analysis", total=data.expected_samples()) as step:
+        for index, sample in enumerate(data):
+            try:
+                with quiet_onnxruntime():
+                    ref_values = dict(zip(layout.common, ref.run(layout.common, sample), strict=True))
+                    total_values = dict(zip(compared, total.run(compared, sample), strict=True))
+                    feeds = {**sample, **{t + SUFFIX: v for t, v in ref_values.items()}}
+                    local_values = dict(zip(local_outputs, local.run(local_outputs, feeds), strict=True))
+            except Exception as exc:
+                raise DataError(f"analysis failed on sample {index}: {first_line(exc)}",
+                                hint="check the data against `qconvert inspect` of the FP32 model") from exc
+            for t in layout.common:
+                carried[t].add(ref_values[t], total_values[layout.compared[t]])
+                own[t].add(ref_values[t], local_values[_own_output(layout, t)])
+            known = {**sample, **ref_values}  # graph inputs are quantized too
+            for t, dq in layout.activations.items():
+                if t in known:
+                    act[t].add(known[t], local_values[dq])
+            for t, (y, scale, zero) in layout.dynamic.items():
+                if t in known:
+                    restored = (local_values[y].astype(np.float32) - local_values[zero].astype(np.float32))
+                    act[t].add(known[t], restored * local_values[scale])
+            samples += 1
+            step()
     if samples == 0:
         raise DataError(f"no samples in {data.description}", hint="give non-empty evaluation data")
     return _result(fp32_path, quant_path, reference, data, samples, layout, own, carried, act, weight_errors,

@@ -22,6 +22,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from qconvert import progress
 from qconvert.config import StrEnum
 from qconvert.errors import (
     ExitCode,
@@ -166,7 +167,7 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
     context = multiprocessing.get_context("spawn")
     items: dict[int, BatchItem] = {}
     level = logging.getLogger("qconvert").getEffectiveLevel()
-    with scratch_dir() as work:
+    with scratch_dir() as work, progress.task("models", total=len(jobs)) as model_done:
         pending = list(enumerate(jobs))
         running: dict[Any, tuple[Any, int, PipelineJob, float]] = {}  # sentinel -> (process, index, job, start)
         try:
@@ -181,6 +182,7 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
                     process, index, job, began = running.pop(sentinel)
                     process.join()
                     items[index] = _collect(job, work / f"{index}.json", process.exitcode, time.monotonic() - began)
+                    model_done()
                     if on_done:
                         on_done(items[index])
         finally:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.errors import DataError, ModelError, UsageError
 from qconvert.model import check_model_file
 from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
@@ -80,18 +81,20 @@ def _time_runs(sessions: list[Any], feeds: dict[str, np.ndarray], config: Benchm
     times: list[list[float]] = [[] for _ in sessions]
     runs = config.runs or DEFAULT_RUNS  # unused when a duration is set
     spent = [0.0] * len(sessions)
-    while True:
-        for i, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            elapsed = time.perf_counter() - start
-            times[i].append(elapsed)
-            spent[i] += elapsed
-        if config.duration is not None:
-            if min(spent) >= config.duration:
+    with progress.task("benchmark", total=runs if config.duration is None else None) as step:  # a step: each model once
+        while True:
+            for i, session in enumerate(sessions):
+                start = time.perf_counter()
+                session.run(None, feeds)
+                elapsed = time.perf_counter() - start
+                times[i].append(elapsed)
+                spent[i] += elapsed
+            step()
+            if config.duration is not None:
+                if min(spent) >= config.duration:
+                    return times
+            elif len(times[0]) >= runs:
                 return times
-        elif len(times[0]) >= runs:
-            return times
 
 
 def _latency(path: Path, seconds: list[float], batch: int, first_median_ms: float | None,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.calibration import CalibrationData
 from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
 from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, RuntimeFailure, UsageError
@@ -32,7 +33,7 @@ from qconvert.model import (
     staging_dir,
 )
 from qconvert.prepare import prepare
-from qconvert.ranges import Calibration, Progress, calibrate
+from qconvert.ranges import Calibration, calibrate
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 from qconvert.runtime import first_line, quiet_onnxruntime
 from qconvert.smooth import smooth
@@ -204,14 +205,17 @@ def _skip_reason(c: Candidate, plan_: Plan) -> str:
 class _Reader:
     """Adapts a `CalibrationData` stream to onnxruntime's `CalibrationDataReader` protocol."""
 
-    def __init__(self, data: CalibrationData) -> None:
+    def __init__(self, data: CalibrationData, step: progress.Step | None = None) -> None:
         self._it = iter(data)
+        self._step = step
         self.count = 0
 
     def get_next(self) -> dict[str, Any] | None:
         sample = next(self._it, None)
         if sample is not None:
             self.count += 1
+            if self._step:
+                self._step()
         return sample
 
     def __iter__(self) -> _Reader:
@@ -283,7 +287,7 @@ class QuantizeJob:
     """
 
     def __init__(self, loaded: LoadedModel, out: Path, data: CalibrationData | None, config: QuantizeConfig,
-                 work: Path, progress: Progress | None = None) -> None:
+                 work: Path) -> None:
         kinds = quantization_kinds(loaded.proto)
         if any(kinds.values()):
             found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
@@ -334,7 +338,7 @@ class QuantizeJob:
             with quiet_onnxruntime():
                 self.calibration = calibrate(self.prepared, data, self.plan.op_types, work,
                                              method=config.method, symmetric=config.symmetric_activations,
-                                             percentile=config.percentile, external=self.external, progress=progress)
+                                             percentile=config.percentile, external=self.external)
             if self.calibration.infinite:
                 names = ", ".join(repr(n) for n in self.calibration.infinite[:5])
                 self.warnings.append(f"{len(self.calibration.infinite)} tensor(s) hold ±Inf (such as a -inf attention "
@@ -371,8 +375,9 @@ class QuantizeJob:
                 _run_static(self.prepared, static_out, self.ranges_file, the_plan, self.config, self.external, wide)
             elif self.mode is Mode.STATIC:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate here
                 assert self.data is not None
-                reader = _Reader(self.data)
-                _run_static(self.prepared, static_out, reader, the_plan, self.config, self.external, wide)
+                with progress.task("calibration", total=self.data.expected_samples()) as step:
+                    reader = _Reader(self.data, step)
+                    _run_static(self.prepared, static_out, reader, the_plan, self.config, self.external, wide)
                 samples = reader.count
             if self.mode is Mode.STATIC and dynamic:
                 _run_dynamic(static_out, staged, the_plan, self.config, self.external, [], only=dynamic)
@@ -420,8 +425,7 @@ class QuantizeJob:
 
 
 def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | None = None, *,
-             config: QuantizeConfig | None = None, force: bool = False,
-             progress: Progress | None = None) -> QuantizeResult:
+             config: QuantizeConfig | None = None, force: bool = False) -> QuantizeResult:
     """Quantize `model` into `output` (QDQ for static, integer ops for dynamic) and report what happened.
 
     The output is written atomically; the input is never modified. Raises NothingQuantizedError,
@@ -432,7 +436,7 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     out = Path(output)
     check_output_path(out, inputs=(loaded.path,), force=force)
     with staging_dir(out) as work:
-        job = QuantizeJob(loaded, out, data, config, work, progress)
+        job = QuantizeJob(loaded, out, data, config, work)
         staged = work / out.name
         result = job.run(staged)
         result.bytes_after = move_into_place(staged, out)

@@ -18,13 +18,14 @@ per sample for the histogram methods.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
 from qconvert.errors import DataError, ModelError, QconvertError
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 NUM_BINS = {CalibrationMethod.ENTROPY: 128, CalibrationMethod.PERCENTILE: 2048}
 NUM_QUANTIZED_BINS = 128
 
-Progress = Callable[[int], None]
 CANNOT_RUN = "onnxruntime cannot run the model to calibrate it"
 CANNOT_RUN_HINT = "check that onnxruntime runs the FP32 model; try --no-preprocess"
 
@@ -152,7 +152,7 @@ def _outputs(session: onnxruntime.InferenceSession, data: CalibrationData,
 
 def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work: Path, *,
               method: CalibrationMethod = CalibrationMethod.MINMAX, symmetric: bool = False,
-              percentile: float = 99.999, external: bool = False, progress: Progress | None = None) -> Calibration:
+              percentile: float = 99.999, external: bool = False) -> Calibration:
     """Ranges for the tensors onnxruntime's QDQ quantizer needs, streamed sample by sample."""
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -167,15 +167,15 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
                                hint=CANNOT_RUN_HINT)
     stats: dict[str, _Stats] = {}
     samples = 0
-    for index, values in _outputs(session, data, tensors):
-        for name, value in values.items():
-            if name in stats:
-                stats[name].update(value)
-            elif value.size:
-                stats[name] = _Stats.first(value)
-        samples = index + 1
-        if progress:
-            progress(samples)
+    with progress.task("calibration", total=data.expected_samples()) as step:
+        for index, values in _outputs(session, data, tensors):
+            for name, value in values.items():
+                if name in stats:
+                    stats[name].update(value)
+                elif value.size:
+                    stats[name] = _Stats.first(value)
+            samples = index + 1
+            step()
     if samples == 0:
         raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
     _check_finite(stats)
@@ -190,7 +190,7 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
                 pairs[name] = TensorData(lowest=s.low, highest=s.high)
         ranges = TensorsData(OrtMethod.MinMax, pairs)
     else:
-        ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, progress)
+        ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, samples)
     infinite = tuple(name for name, s in stats.items() if s.infinite)
     return Calibration(ranges, samples, time.perf_counter() - started, len(stats), infinite)
 
@@ -224,8 +224,9 @@ def _check_finite(stats: dict[str, _Stats]) -> None:
 
 def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationData, tensors: list[str],
                       stats: dict[str, _Stats], method: CalibrationMethod, symmetric: bool, percentile: float,
-                      progress: Progress | None) -> TensorsData:
-    """Pass 2: histograms on the final edges, summed over samples, then onnxruntime's thresholds."""
+                      samples: int) -> TensorsData:
+    """Pass 2: histograms on the final edges, summed over the `samples` of pass 1, then onnxruntime's
+    thresholds."""
     from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
     from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData
 
@@ -246,18 +247,18 @@ def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationDa
             edges[name] = (float(low), float(high))
     hists: dict[str, np.ndarray] = {}
     hist_edges: dict[str, np.ndarray] = {}
-    for index, values in _outputs(session, data, tensors):
-        for name, value in values.items():
-            if name not in edges:
-                continue
-            flat = np.abs(value.ravel()) if absolute else value.ravel()
-            counts, found = np.histogram(flat, bins, range=edges[name])
-            if name in hists:
-                hists[name] += counts
-            else:
-                hists[name], hist_edges[name] = counts, found
-        if progress:
-            progress(index + 1)
+    with progress.task("calibration histograms", total=samples) as step:
+        for _, values in _outputs(session, data, tensors):
+            for name, value in values.items():
+                if name not in edges:
+                    continue
+                flat = np.abs(value.ravel()) if absolute else value.ravel()
+                counts, found = np.histogram(flat, bins, range=edges[name])
+                if name in hists:
+                    hists[name] += counts
+                else:
+                    hists[name], hist_edges[name] = counts, found
+            step()
     collector = HistogramCollector(method=method.value, symmetric=symmetric, num_bins=bins,
                                    num_quantized_bins=NUM_QUANTIZED_BINS, percentile=percentile, scenario="same")
     for name, counts in hists.items():
@@ -277,9 +278,11 @@ def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: Calibration
     session = exposing_session(model, tensors, work / "exposed.onnx", external=True, failure=CANNOT_RUN,
                                hint=CANNOT_RUN_HINT)
     found: dict[str, np.ndarray] = {}
-    for _, values in _outputs(session, data, tensors):
-        for name, value in values.items():
-            if value.size:
-                peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-                found[name] = np.maximum(found[name], peak) if name in found else peak
+    with progress.task("smoothing ranges", total=data.expected_samples()) as step:
+        for _, values in _outputs(session, data, tensors):
+            for name, value in values.items():
+                if value.size:
+                    peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                    found[name] = np.maximum(found[name], peak) if name in found else peak
+            step()
     return found

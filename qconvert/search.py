@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.analyze import ErrorSums, analyze
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
@@ -153,7 +154,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
     specs = input_specs(model.proto)
     if search.gates.max_drop is not None and search.evaluation.labels is None:
         raise UsageError("--max-drop needs labels", hint="name the labels key with --labels KEY")
-    with staging_dir(out) as work:
+    with staging_dir(out) as work, progress.task("accuracy search", total=search.max_trials) as trial_done:
         job = QuantizeJob(model, out, data, config, work)
         trials: list[Trial] = []
         runs: list[tuple[Path, QuantizeResult, ValidateResult]] = []
@@ -183,6 +184,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             trial = _trial(len(trials), keep, config.sensitive.value, checked)
             trials.append(trial)
             runs.append((path, quantized, checked))
+            trial_done()
             if on_trial:
                 on_trial(trial)
             return trial
@@ -264,10 +266,13 @@ def _by_output_effect(ranking: list[_Suspect], job: QuantizeJob, first: Path, se
     feeds = list(open_data(replace(search.evaluation, max_samples=EFFECT_SAMPLES), specs))
     reference = _outputs(prepared, feeds)
     noise: dict[str, float] = {}
-    for suspect in ranking[:EFFECT_CANDIDATES]:
-        variant = _only_quantized(prepared, quant, suspect.node.node)
-        if variant is not None:
-            noise[suspect.node.node] = _output_noise(variant, feeds, reference)
+    suspects = ranking[:EFFECT_CANDIDATES]
+    with progress.task("ranking nodes", total=len(suspects)) as step:
+        for suspect in suspects:
+            variant = _only_quantized(prepared, quant, suspect.node.node)
+            if variant is not None:
+                noise[suspect.node.node] = _output_noise(variant, feeds, reference)
+            step()
     measured = sorted((s for s in ranking if s.node.node in noise), key=lambda s: -noise[s.node.node])
     return measured + [s for s in ranking if s.node.node not in noise]
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qconvert import progress
 from qconvert.errors import DataError, ModelError, UsageError
 from qconvert.model import check_model_file
 from qconvert.providers import EPConfig, create_session, placement, resolve
@@ -167,7 +168,7 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
                          f"{[(o.name, o.shape) for o in outputs]}", hint="drop --labels for this model")
     fp32_correct = quant_correct = labelled = 0
     samples = 0
-    with quiet_onnxruntime():
+    with quiet_onnxruntime(), progress.task("validation", total=data.expected_samples()) as step:
         for index, (sample, label) in enumerate(data.labelled()):
             try:
                 ref = fp32.run(None, sample)
@@ -193,6 +194,7 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
                 quant_correct += int(np.count_nonzero(got_top == truth))
                 labelled += truth.size
             samples += 1
+            step()
     if samples == 0:
         raise DataError(f"no samples in {data.description}", hint="point --data at non-empty data")
     metrics = [a.metrics() for a in accs]

@@ -8,6 +8,7 @@ from pathlib import Path
 from qconvert.calibration.arrays import batched_npz, npy_folder, npz_folder
 from qconvert.calibration.base import CalibrationData, Sample, SampleFactory, sample_mismatches
 from qconvert.calibration.images import image_files, image_folder
+from qconvert.calibration.npyfile import npz_length
 from qconvert.calibration.plugin import is_plugin_reference, load_plugin
 from qconvert.calibration.synthetic import DEFAULT_SYNTHETIC_SAMPLES, synthetic_samples
 from qconvert.calibration.testdata import onnx_test_data, test_data_sets
@@ -33,16 +34,17 @@ def open_data(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
 def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
     source = config.source
 
-    def build(kind: str, description: str, factory: SampleFactory, synthetic: bool = False) -> CalibrationData:
+    def build(kind: str, description: str, factory: SampleFactory, synthetic: bool = False,
+              length: int | None = None) -> CalibrationData:
         return CalibrationData(kind, description, specs, factory, max_samples=config.max_samples,
                                synthetic=synthetic, ignore_keys=config.ignore_keys, label_key=config.labels,
-                               allow_nonfinite=config.allow_nonfinite)
+                               allow_nonfinite=config.allow_nonfinite, length=length)
 
     if source == SYNTHETIC:
         count = config.max_samples or DEFAULT_SYNTHETIC_SAMPLES
         factory = partial(synthetic_samples, specs, config.shape_overrides(), count, config.seed)
         return build("synthetic", f"synthetic data ({count} samples, seed {config.seed})",
-                     factory, synthetic=True)
+                     factory, synthetic=True, length=count)
     path = Path(source)
     if not path.exists() and is_plugin_reference(source):
         return build("plugin", f"plugin {source}", load_plugin(source))
@@ -53,14 +55,16 @@ def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise DataError(f"unsupported data file {path}", hint="single files must be .npz; use a folder otherwise")
-        return build("npz", str(path), partial(batched_npz, path, specs, config.ignore_keys))
-    if test_data_sets(path):
-        return build("onnx-test-data", str(path), partial(onnx_test_data, path, specs))
+        return build("npz", str(path), partial(batched_npz, path, specs, config.ignore_keys),
+                     length=npz_length(path, config.ignore_keys))
+    if sets := test_data_sets(path):
+        return build("onnx-test-data", str(path), partial(onnx_test_data, path, specs), length=len(sets))
     if any(path.glob("*.npz")):
-        return build("npz-folder", str(path), partial(npz_folder, path, config.ignore_keys))
+        return build("npz-folder", str(path), partial(npz_folder, path, config.ignore_keys),
+                     length=sum(1 for p in path.glob("*.npz") if p.is_file()))
     if any(path.glob("*.npy")):
         return build("npy-folder", str(path), partial(npy_folder, path, specs, config.ignore_keys))
-    if image_files(path):
-        return build("images", str(path), partial(image_folder, path, specs, config))
+    if images := image_files(path):
+        return build("images", str(path), partial(image_folder, path, specs, config), length=len(images))
     raise DataError(f"no calibration data found in folder {path}",
                     hint="expected .npz, .npy, images or test_data_set_* folders")

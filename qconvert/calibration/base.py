@@ -73,6 +73,7 @@ class CalibrationData:
     ignore_keys: tuple[str, ...] = ()
     label_key: str | None = None  # a key carried beside the inputs, never fed to the model
     allow_nonfinite: bool = False  # pass NaN/Inf through instead of refusing the sample
+    length: int | None = None  # samples in the source, when its reader can tell without reading them
 
     def __post_init__(self) -> None:
         if self.max_samples is not None and self.max_samples < 1:
@@ -115,6 +116,12 @@ class CalibrationData:
 
     def count(self) -> int:
         return sum(1 for _ in self)
+
+    def expected_samples(self) -> int | None:
+        """How many samples an iteration yields, when known without reading them (progress totals)."""
+        if self.length is None:
+            return None
+        return min(self.length, self.max_samples) if self.max_samples is not None else self.length
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "source": self.description, "synthetic": self.synthetic,

@@ -200,6 +200,21 @@ def read_npz(path: Path, ignore: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         raise DataError(f"cannot read {path}: {exc}", hint=NPZ_HINT) from exc
 
 
+def npz_length(path: Path, ignore: tuple[str, ...] = ()) -> int | None:
+    """Axis 0 of the first array of a .npz, from its header alone; None when that cannot be told
+    (reading the arrays then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = _checked_members(path, archive.infolist(), ignore)
+            if not members:
+                return None
+            with archive.open(members[0][1]) as stream:
+                shape = read_npy_header(stream, str(path)).shape
+    except (DataError, *READ_ERRORS):
+        return None
+    return shape[0] if shape else None
+
+
 def _checked_members(path: Path, infos: list[zipfile.ZipInfo],
                      ignore: tuple[str, ...]) -> list[tuple[str, zipfile.ZipInfo]]:
     """The members to read, after refusing anything numpy.savez would not write and every zip bomb."""

@@ -25,6 +25,7 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 _debug: ContextVar[bool] = ContextVar("qconvert_debug", default=False)
+_quiet: ContextVar[bool] = ContextVar("qconvert_quiet", default=False)
 _budget: ContextVar[supervise.Budget | None] = ContextVar("qconvert_budget", default=None)
 # Set by the console script only: in-process callers (tests, embedding) run commands in-process.
 _isolated: ContextVar[bool] = ContextVar("qconvert_isolated", default=False)
@@ -34,6 +35,8 @@ _isolated: ContextVar[bool] = ContextVar("qconvert_isolated", default=False)
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bars or warnings on stderr; errors still print.")] = False,
     timeout: Annotated[float | None, typer.Option(
         "--timeout", min=0.0, help="Stop (exit 4) after this many seconds.", show_default=False)] = None,
     max_memory: Annotated[str | None, typer.Option(
@@ -41,6 +44,7 @@ def _root(
         show_default=False)] = None,
 ) -> None:
     _debug.set(debug)
+    _quiet.set(quiet)
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -80,7 +84,8 @@ def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F]
                     from qconvert.cli import recipe
 
                     recipe.save(kwargs["ctx"], kwargs["save_recipe"])
-                func(*args, **kwargs)
+                with render.stderr_display(quiet=_quiet.get()):
+                    func(*args, **kwargs)
                 return ExitCode.OK
             except (MemoryError, OSError) as exc:
                 return failed(from_system_error(exc), as_json)

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qconvert import progress
 from qconvert.errors import GateFailedError, QconvertError
 from qconvert.results import (
     SCHEMA_VERSION,
@@ -28,6 +32,8 @@ from qconvert.results import (
 )
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from qconvert.batch import BatchItem, BatchResult
     from qconvert.pipeline import PipelineResult
     from qconvert.presets import Preset
@@ -36,6 +42,79 @@ if TYPE_CHECKING:
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+_quiet: ContextVar[bool] = ContextVar("qconvert_quiet", default=False)
+
+
+@contextmanager
+def stderr_display(*, quiet: bool) -> Iterator[None]:
+    """What a command shows on stderr besides errors, while it runs: progress bars (on a terminal),
+    warnings, notes and progress lines; with `quiet`, none of them. A command run by a quiet one
+    (`qconvert -q run RECIPE`) is quiet too."""
+    token = _quiet.set(quiet or _quiet.get())
+    try:
+        with progress_bars(enabled=not _quiet.get()):
+            yield
+    finally:
+        _quiet.reset(token)
+
+
+@contextmanager
+def progress_bars(*, enabled: bool = True) -> Iterator[None]:
+    """Rich bars on stderr for the library's tasks run inside (`qconvert.progress`), when `enabled`
+    and stderr is a terminal; otherwise those tasks report to nobody."""
+    if not (enabled and err.is_terminal):
+        with progress.reporting(None):
+            yield
+        return
+    bars = _Bars()
+    try:
+        with progress.reporting(bars):
+            yield
+    finally:
+        bars.close()
+
+
+class _Bars:
+    """A `progress.Reporter`: one transient bar per running task. The display is up only while a task
+    runs, so results printed between tasks never meet it; lines printed on `err` meanwhile (trials,
+    batch models) appear above it. Bars are redrawn from the library's own thread, at most every
+    REDRAW_SECONDS, between its steps: no refresh thread runs beside a benchmark's timed calls."""
+
+    REDRAW_SECONDS = 0.2
+
+    def __init__(self) -> None:
+        # Imported only when bars are drawn: every command, --help included, imports this module.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err, transient=True, auto_refresh=False,
+                                 redirect_stdout=False, redirect_stderr=False)  # stdout stays the results'
+        self._running = 0
+        self._drawn = 0.0
+
+    def start(self, description: str, total: int | None) -> object:
+        if not self._running:
+            self._display.start()
+        self._running += 1
+        handle = self._display.add_task(description, total=total)
+        self._display.refresh()
+        return handle
+
+    def advance(self, handle: object, steps: int) -> None:
+        self._display.advance(cast("TaskID", handle), steps)
+        now = time.monotonic()
+        if now - self._drawn >= self.REDRAW_SECONDS:
+            self._drawn = now
+            self._display.refresh()
+
+    def finish(self, handle: object) -> None:
+        self._display.remove_task(cast("TaskID", handle))
+        self._running -= 1
+        if not self._running:
+            self._display.stop()
+
+    def close(self) -> None:
+        self._display.stop()
 
 
 def human_bytes(n: float) -> str:
@@ -71,6 +150,8 @@ def interrupted() -> None:
 
 
 def warnings(items: list[str]) -> None:
+    if _quiet.get():
+        return
     for w in items:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
 
@@ -244,11 +325,14 @@ def replaying(argv: list[str]) -> None:
     """The command line a recipe stands for (stderr: it explains the run)."""
     import shlex
 
-    err.print(f"[dim]running: qconvert {escape(shlex.join(argv))}[/]", highlight=False)
+    if not _quiet.get():
+        err.print(f"[dim]running: qconvert {escape(shlex.join(argv))}[/]", highlight=False)
 
 
 def presets(items: list[Preset], explicit: list[str]) -> None:
     """What each preset expanded to (stderr: it explains the run; the result records the config)."""
+    if _quiet.get():
+        return
     for p in items:
         settings = " ".join(f"{k}={','.join(v) if isinstance(v, tuple) else v}" for k, v in p.settings.items())
         err.print(f"[bold]preset {p.name}[/] ({p.kind}): {escape(settings)}", highlight=False)
@@ -259,6 +343,8 @@ def presets(items: list[Preset], explicit: list[str]) -> None:
 
 def trial(t: Trial) -> None:
     """One accuracy-search round, as it finishes (stderr: progress, not the result)."""
+    if _quiet.get():
+        return
     drop = "" if t.accuracy_drop is None else f" · drop {t.accuracy_drop:.2f} pts"
     verdict = "[green]meets the target[/]" if t.passed else "[yellow]misses[/]"
     err.print(f"trial {t.index}: {len(t.kept)} node(s) {t.handling} · worst cosine {_fmt(t.worst_cosine, '.5f')} · "
@@ -289,7 +375,7 @@ def search_result(r: SearchResult) -> None:
     if not r.met:
         err.print("[bold red]the accuracy search did not reach the target[/] within its trials: the closest model "
                   "was written", highlight=False)
-    for note in r.notes:
+    for note in [] if _quiet.get() else r.notes:
         err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
@@ -317,6 +403,8 @@ _STATUS = {"passed": "[green]passed[/]", "missed": "[yellow]missed a gate[/]", "
 
 def batch_item(item: BatchItem) -> None:
     """One model of a batch, as it finishes (stderr: progress, not the result)."""
+    if _quiet.get():
+        return
     why = ""
     if item.error:
         why = f": {item.error.get('message')}"
