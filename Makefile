@@ -8,7 +8,7 @@ DEMO := demo-out
 OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 
-.PHONY: setup demo test lint unit unit-optimized clean bench fuzz test-openvino
+.PHONY: setup demo test lint unit unit-optimized clean bench fuzz test-openvino docs examples
 
 setup: $(STAMP)
 
@@ -55,6 +55,14 @@ $(OV_STAMP): pyproject.toml
 
 test-openvino: $(OV_STAMP)
 	$(OV_VENV)/bin/pytest -q
+
+# The README's command reference, generated from the commands' --help (tests/cli/test_reference.py checks it).
+docs: $(STAMP)
+	$(BIN)/python -m qconvert.cli.reference --write README.md
+
+# examples/Makefile: quantize, gate and benchmark the sample CNN (fails on a missed gate).
+examples: $(STAMP)
+	$(MAKE) -C examples QCONVERT=$(abspath $(BIN))/qconvert OUT=$(abspath $(DEMO))/examples
 
 # Long fuzz runs of the model loader and the .npy/.npz readers (the suite runs a bounded one).
 fuzz: $(STAMP)
