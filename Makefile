@@ -24,11 +24,12 @@ demo: $(STAMP)
 	$(BIN)/qconvert quantize sample_models/digits_cnn.onnx -o $(DEMO)/digits_cnn.int8.onnx --force \
 		--calib sample_models/digits.calib.npz \
 		--validate sample_models/digits.eval.npz --labels labels --max-drop 1 \
-		--benchmark --runs 200 --report $(DEMO)/digits_cnn.report.json
+		--benchmark --runs 200 --analyze --report $(DEMO)/digits_cnn.report.html
 	$(BIN)/qconvert quantize sample_models/digits_transformer.onnx -o $(DEMO)/digits_transformer.int8.onnx --force \
 		--mode dynamic \
 		--validate sample_models/digits.eval.npz --labels labels --max-drop 1 \
 		--benchmark --runs 200 --report $(DEMO)/digits_transformer.report.json
+	@echo "open $(DEMO)/digits_cnn.report.html in a browser for the report with charts"
 
 lint: $(STAMP)
 	$(BIN)/ruff check qconvert tests bench

@@ -343,10 +343,17 @@ def scratch_dir() -> contextlib.AbstractContextManager[Path]:
     return _temporary_dir(Path(tempfile.gettempdir()), "qconvert")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write a text file through a temporary beside it and a rename: readers see the old or the new file."""
     tmp = temporary_path(path.parent, path.name, directory=False)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes 0600)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -19,15 +19,13 @@ from qconvert.cli.options import (
     ReportOpt,
     SaveRecipeOpt,
     ShapeOpt,
+    SkipLabelsOpt,
     StdOpt,
 )
 
 TopOpt = Annotated[int | None, typer.Option(
-    "--top", min=1, help="Show only the worst N nodes and tensors [default: 20 in the table, all in --json].",
-    show_default=False)]
-SkipLabelsOpt = Annotated[str | None, typer.Option(
-    "--labels", help="Key of class labels stored beside the inputs (npz), skipped: analyze compares tensors.",
-    show_default=False)]
+    "--top", min=1, help="Show only the worst N nodes and tensors.",
+    show_default="20 in the table, all in --json")]
 AnalyzeSamplesOpt = Annotated[int, typer.Option(
     "--samples", min=1, help="Evaluation samples to analyze (three model runs each).")]
 

@@ -22,6 +22,7 @@ from qconvert.cli.options import (
     RunsOpt,
     SaveRecipeOpt,
     ShapeOpt,
+    SkipLabelsOpt,
     StdOpt,
     ThreadsOpt,
 )
@@ -38,8 +39,9 @@ def benchmark(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs per model first.")] = 5,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Samples per run.")] = 1,
     data: Annotated[str | None, typer.Option(
-        "--data", help="Inputs from this data (read like --calib) [default: synthetic].",
-        show_default=False)] = None,
+        "--data", help="Inputs from this data (read like --calib).",
+        show_default="synthetic")] = None,
+    labels: SkipLabelsOpt = None,
     min_speedup: MinSpeedupOpt = None,
     ep: EpOpt = "cpu",
     ep_option: EpOptionOpt = None,
@@ -68,7 +70,8 @@ def benchmark(
         ep=options.ep_config(ep, ep_option, threads),
     )
     data_config = options.data_config(data or "synthetic", samples=None, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, allow_nonfinite=allow_nonfinite)
+                                      mean=mean, std=std, layout=layout, labels=labels,
+                                      allow_nonfinite=allow_nonfinite)
     feeds = batch_feeds(open_data(data_config, input_specs(load_model(models[0]).proto)), batch)
     result = run_benchmark(list(models), feeds, config=config)
     if report is not None:

@@ -25,21 +25,24 @@ ImageSizeOpt = Annotated[str | None, typer.Option(
     "--image-size", help="Image folders: resize to H,W (or one number for square).", show_default=False)]
 MeanOpt = Annotated[str, typer.Option("--mean", help="Image folders: per-channel mean after scaling to [0,1].")]
 StdOpt = Annotated[str, typer.Option("--std", help="Image folders: per-channel std after scaling to [0,1].")]
-LayoutOpt = Annotated[Layout | None, typer.Option(help="Image folders: tensor layout [default: from the model].",
-                                                  show_default=False)]
+LayoutOpt = Annotated[Layout | None, typer.Option(help="Image folders: tensor layout.",
+                                                  show_default="from the model")]
 EpOpt = Annotated[str, typer.Option(
     "--ep", help="Execution provider: cpu, openvino, qnn, vitisai, dml, coreml, … (see `qconvert providers`).")]
 EpOptionOpt = Annotated[list[str] | None, typer.Option(
     "--ep-option", help="Provider option KEY=VALUE, e.g. device_type=NPU (repeatable).", show_default=False)]
 EpsOpt = Annotated[list[str] | None, typer.Option(
     "--ep", help="Validate and benchmark on this execution provider: cpu, openvino, qnn, … (repeatable: each in "
-                 "turn) [default: cpu].", show_default=False)]
+                 "turn).", show_default="cpu")]
 EpsOptionOpt = Annotated[list[str] | None, typer.Option(
     "--ep-option", help="Provider option KEY=VALUE for every --ep, or PROVIDER:KEY=VALUE for one (repeatable).",
     show_default=False)]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads (1 is the reproducible choice).")]
 LabelsOpt = Annotated[str | None, typer.Option(
     "--labels", help="Key of the class labels stored beside the inputs (npz): adds top-1 accuracy of both.",
+    show_default=False)]
+SkipLabelsOpt = Annotated[str | None, typer.Option(
+    "--labels", help="Key of class labels stored beside the inputs (npz), skipped: only the inputs are used.",
     show_default=False)]
 AllowNonfiniteOpt = Annotated[bool, typer.Option(
     "--allow-nonfinite", help="Accept NaN/Inf in the data instead of refusing the sample.")]
@@ -55,7 +58,7 @@ DataOpt = Annotated[str, typer.Option(
 SamplesOpt = Annotated[int | None, typer.Option(
     "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
 RunsOpt = Annotated[int | None, typer.Option(
-    "--runs", min=1, help="Timed runs per model [default: 100].", show_default=False)]
+    "--runs", min=1, help="Timed runs per model.", show_default="100")]
 ReportOpt = Annotated[Path | None, typer.Option(
     "--report", help="Also write the result (all steps) to this file: HTML when it ends in .html, else JSON.",
     show_default=False)]

@@ -76,8 +76,8 @@ def quantize(
         "--exclude-nodes", help="Keep nodes whose name matches this glob in float (repeatable).",
         show_default=False)] = None,
     subgraphs: Annotated[bool | None, typer.Option(
-        "--subgraphs/--no-subgraphs", help="Quantize inside If/Loop/Scan bodies [default: when present].",
-        show_default=False)] = None,
+        "--subgraphs/--no-subgraphs", help="Quantize inside If/Loop/Scan bodies.",
+        show_default="when present")] = None,
     preprocess: Annotated[bool, typer.Option(
         "--preprocess/--no-preprocess", help="Shape inference, constant folding, initializer fixes first.")] = True,
     fix_shape: Annotated[list[str] | None, typer.Option(

@@ -137,7 +137,7 @@ def error(exc: QconvertError, *, as_json: bool) -> None:
     if exc.hint:
         err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
     if as_json and not isinstance(exc, GateFailedError):  # a gate's result JSON is already on stdout
-        print_json(exc.to_dict())
+        print_json({"schema_version": SCHEMA_VERSION, "command": "error", **exc.to_dict()})
 
 
 def internal_error(exc: BaseException) -> None:

@@ -163,3 +163,14 @@ def test_inputs_are_byte_identical_after_every_command(mlp: Path, mlp_calib: Pat
     after = snapshot(tmp_path)
     assert {k: v for k, v in after.items() if not k.startswith("out")} == before
     assert sorted(p.name for p in out.iterdir()) == ["q.onnx"]
+
+
+def test_reports_get_the_usual_permissions(mlp: Path, tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        report = tmp_path / "r.json"
+        result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"), "--report", str(report)])
+        assert result.exit_code == ExitCode.OK, result.stderr
+        assert report.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    finally:
+        os.umask(mask)

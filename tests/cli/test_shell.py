@@ -81,7 +81,8 @@ def test_recipe_json_is_alone_on_stdout(tmp_path: Path) -> None:
 
 
 def test_error_is_json_on_stdout_with_exit_2(tmp_path: Path) -> None:
-    document = _document("inspect", tmp_path / "missing.onnx", code=2, jq=".exit_code")
+    document = _document("inspect", tmp_path / "missing.onnx", code=2)
+    assert document["command"] == "error" and document["exit_code"] == 2
     assert document["error"] == "ModelError" and "missing.onnx" in document["message"]
 
 
