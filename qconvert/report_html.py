@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Callable, Mapping
 from pathlib import PurePath
 
+from qconvert.results import human_bytes
+
 DASH = "—"
 ANALYZE_TOP = 25  # nodes in the error chart
 TENSOR_TOP = 20
@@ -117,11 +119,7 @@ def _bytes(value: object) -> str:
     size = _num(value)
     if size is None or not math.isfinite(size):
         return DASH
-    power = 0
-    while power < 3 and abs(size) >= 1024 ** (power + 1):
-        power += 1
-    scaled = f"{size / 1024**power:.1f} {('B', 'KB', 'MB', 'GB')[power]}" if power else f"{size:.0f} B"
-    return f"{scaled} ({size:,.0f} bytes)"
+    return f"{human_bytes(size)} ({size:,.0f} bytes)"
 
 
 def _name(path: object) -> str:

@@ -142,6 +142,15 @@ class QuantizeResult:
         }
 
 
+def human_bytes(n: float) -> str:
+    """1234567 -> '1.2 MB' (binary units), for tables and pages."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
 def number(value: float | None, digits: int = 6) -> float | None:
     """A float for JSON: rounded, and None for NaN/Inf (JSON has neither)."""
     if value is None or not math.isfinite(value):

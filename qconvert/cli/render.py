@@ -28,6 +28,7 @@ from qconvert.results import (
     InspectResult,
     QuantizeResult,
     ValidateResult,
+    human_bytes,
     number,
 )
 
@@ -115,14 +116,6 @@ class _Bars:
 
     def close(self) -> None:
         self._display.stop()
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def print_json(payload: Mapping[str, object]) -> None:
