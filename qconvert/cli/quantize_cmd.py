@@ -186,7 +186,7 @@ def quantize(
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
     models, is_batch = expand_models(model)
-    if report is not None and "{stem}" not in str(report):
+    if report is not None and not is_batch:
         check_report_path(report)
     if not is_batch:
         result = run_job(batch_jobs(template, models, batch=False)[0], on_trial=render.trial if eval_data else None)
@@ -209,10 +209,9 @@ def _reports(report: Path, batch: BatchResult) -> list[tuple[Path, dict[str, obj
     """The batch's report files: one per model when the name has {stem}, else one for the batch."""
     from qconvert.batch import output_for
 
-    if "{stem}" not in str(report):
-        return [(report, batch.to_dict())]
-    found = [(output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
-    for path, _ in found:
+    found = [(report, batch.to_dict())] if "{stem}" not in str(report) else [
+        (output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
+    for path, _ in found:  # a batch makes its report folders like its output folders
         path.parent.mkdir(parents=True, exist_ok=True)
     return found
 

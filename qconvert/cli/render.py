@@ -421,7 +421,7 @@ def batch_result(r: BatchResult, *, as_json: bool) -> None:
     table = Table(title=f"{len(r.items)} models · {counts['passed']} passed · {counts['missed']} missed a gate · "
                         f"{counts['failed']} failed · {r.seconds:.1f} s with {r.workers} worker(s)",
                   title_justify="left")
-    for column in ("model", "status", "quantized nodes", "size", "worst cosine", "speedup", "note"):
+    for column in ("model", "status", "quantized nodes", "size", "mean cosine", "speedup", "note"):
         table.add_column(column, justify="left" if column in ("model", "status", "note") else "right",
                          overflow="fold")
     for item in r.items:
@@ -435,7 +435,7 @@ def _batch_cells(item: BatchItem) -> list[str]:
     quantized = item.result.get("quantize", item.result)
     assert isinstance(quantized, dict)
     nodes, size = quantized.get("nodes", {}), quantized.get("size", {})
-    cosines = [o.get("worst_cosine") for v in _as_list(item.result.get("validate")) if isinstance(v, dict)
+    cosines = [o.get("mean_cosine") for v in _as_list(item.result.get("validate")) if isinstance(v, dict)
                for o in _as_list(v.get("outputs")) if isinstance(o, dict)]
     speedups = [m.get("speedup_vs_first") for b in _as_list(item.result.get("benchmark")) if isinstance(b, dict)
                 for m in _as_list(b.get("models"))[1:] if isinstance(m, dict)]

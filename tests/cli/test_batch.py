@@ -71,8 +71,10 @@ def test_a_broken_model_fails_alone_and_the_others_finish(folder: Path, mlp_cali
 def test_a_missed_gate_is_exit_3_and_the_table_names_it(folder: Path, mlp_calib: Path, tmp_path: Path) -> None:
     (folder / "broken.onnx").unlink()
     result = runner.invoke(app, ["quantize", str(folder / "*.onnx"), "-o", str(tmp_path / "out" / "{stem}.int8.onnx"),
-                                 "--calib", str(mlp_calib), "--validate", str(mlp_calib), "--min-sqnr", "200"])
+                                 "--calib", str(mlp_calib), "--validate", str(mlp_calib), "--min-sqnr", "200",
+                                 "--report", str(tmp_path / "reports" / "batch.html")])
     assert result.exit_code == ExitCode.GATE_FAILED, result.stderr
+    assert "GATE MISSED" in (tmp_path / "reports" / "batch.html").read_text()  # its folder made like the outputs
     assert "2 models · 0 passed · 2 missed a gate" in result.stdout
     assert "min_sqnr" in result.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.int8.onnx", "b.int8.onnx"]
