@@ -7,6 +7,7 @@ import glob
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -309,23 +310,19 @@ def remove_temporary(path: Path) -> None:
             path.unlink()
 
 
-def temporary_path(folder: Path, stem: str, *, directory: bool) -> Path:
-    """A new temporary file or folder in `folder`, named after `stem` and this process, logged for cleanup."""
-    prefix = f".{stem}.{os.getpid()}."
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
-        os.close(fd)
-        tmp = Path(name)
-    _log_temporary(tmp)
-    return tmp
-
-
 @contextlib.contextmanager
-def _temporary_dir(folder: Path, stem: str) -> Iterator[Path]:
-    tmp = temporary_path(folder, stem, directory=True)
+def _temporary(folder: Path, stem: str, *, directory: bool) -> Iterator[Path]:
+    """A new temporary file or folder in `folder`, named `.{stem}.{pid}.{random}` + TEMP_SUFFIX,
+    removed however the block ends. Its name is chosen and recorded for cleanup before it is made,
+    inside the `try`: an interrupt between making it and recording it would otherwise leave it
+    behind unrecorded (seen under load: a SIGTERM right after mkdtemp)."""
+    tmp = folder / f".{stem}.{os.getpid()}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
     try:
+        _log_temporary(tmp)
+        if directory:
+            tmp.mkdir(mode=0o700)
+        else:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         yield tmp
     finally:
         remove_temporary(tmp)
@@ -335,12 +332,12 @@ def staging_dir(output: Path) -> contextlib.AbstractContextManager[Path]:
     """A temporary folder beside `output` (same file system, so renames are atomic), always removed;
     ones left by killed runs for the same output are removed first."""
     sweep_stale(output.parent, output.name)
-    return _temporary_dir(output.parent, output.name)
+    return _temporary(output.parent, output.name, directory=True)
 
 
 def scratch_dir() -> contextlib.AbstractContextManager[Path]:
     """A temporary folder in the system's temp location, always removed (and logged for cleanup)."""
-    return _temporary_dir(Path(tempfile.gettempdir()), "qconvert")
+    return _temporary(Path(tempfile.gettempdir()), "qconvert", directory=True)
 
 
 def _umask() -> int:
@@ -351,16 +348,13 @@ def _umask() -> int:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write a text file through a temporary beside it and a rename: readers see the old or the new file."""
-    tmp = temporary_path(path.parent, path.name, directory=False)
-    try:
+    with _temporary(path.parent, path.name, directory=False) as tmp:
         os.chmod(tmp, 0o666 & ~_umask())  # as a plain open() would create it (mkstemp makes 0600)
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        remove_temporary(tmp)
 
 
 def write_output(path: Path, text: str, what: str) -> None:

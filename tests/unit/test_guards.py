@@ -52,3 +52,39 @@ def test_invalid_scales_are_refused(tmp_path: Path, scale: float) -> None:
         _check_scales(model, tmp_path / "m.onnx")
     model.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.float32(0.5), "s"))
     _check_scales(model, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_an_interrupt_while_a_temporary_is_made_leaves_nothing(kind: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C landing right after the temporary is made: it is still removed."""
+    import os
+    import signal
+    from pathlib import Path as RealPath
+
+    from qconvert import model
+    from qconvert.model import staging_dir, write_atomically
+
+    if kind == "folder":
+        real_mkdir = RealPath.mkdir
+
+        def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+            real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+            os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(RealPath, "mkdir", mkdir)
+    else:
+        real_close = os.close
+
+        def close(fd: int) -> None:
+            real_close(fd)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        monkeypatch.setattr(model.os, "close", close)
+    with pytest.raises(KeyboardInterrupt):
+        if kind == "folder":
+            with staging_dir(tmp_path / "q.onnx"):
+                pass
+        else:
+            write_atomically(tmp_path / "r.json", "{}")
+    assert list(tmp_path.iterdir()) == []

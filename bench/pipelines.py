@@ -1,0 +1,125 @@
+"""What batches, progress bars and reports cost, measured side by side in one run.
+
+1. Batch workers: the same batch of models (the two sample models, each `--copies` times, with
+   calibration, validation and a benchmark) run with `--jobs 1` and `--jobs 2`, rounds interleaved;
+   prints median wall time and the ratio (the gain of a second worker on this machine), and the
+   start-up a worker process adds: a one-model batch against the same job run in-process.
+2. Progress bars beside a benchmark: the quantized sample CNN timed with the Rich bars drawing
+   (to a terminal console writing to /dev/null) and without, interleaved; prints the ratio of
+   median latencies (goal: within noise, ~1.00).
+3. The HTML report: its size and the time to render it from a pipeline report.
+Usage: python bench/pipelines.py [--rounds N] [--copies N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "sample_models"
+sys.path.insert(0, str(REPO))
+
+from qconvert import DataConfig, PipelineJob, run_batch, run_job  # noqa: E402
+from qconvert.benchmark import BenchmarkConfig  # noqa: E402
+from qconvert.validate import Gates  # noqa: E402
+
+
+def _job(model: Path, out: Path) -> PipelineJob:
+    return PipelineJob(model, out, calibration=DataConfig(str(SAMPLES / "digits.calib.npz"), max_samples=64),
+                       evaluation=DataConfig(str(SAMPLES / "digits.eval.npz"), labels="labels", max_samples=64),
+                       gates=Gates(max_drop=1.0), benchmark=BenchmarkConfig(runs=50), force=True)
+
+
+def batches(work: Path, rounds: int, copies: int) -> None:
+    models = work / "models"
+    models.mkdir()
+    for name in ("digits_cnn", "digits_transformer"):
+        for i in range(copies):
+            shutil.copy(SAMPLES / f"{name}.onnx", models / f"{name}_{i}.onnx")
+    paths = sorted(models.glob("*.onnx"))
+    jobs = [_job(p, work / "out" / f"{p.stem}.q.onnx") for p in paths]
+    (work / "out").mkdir()
+    times: dict[str, list[float]] = {"jobs 1": [], "jobs 2": [], "one model in-process": [], "one model batch": []}
+    for _ in range(rounds):
+        for label, workers in (("jobs 1", 1), ("jobs 2", 2)):
+            start = time.perf_counter()
+            result = run_batch(jobs, workers=workers)
+            times[label].append(time.perf_counter() - start)
+            assert result.passed, result.to_dict()
+        start = time.perf_counter()
+        run_job(jobs[0])
+        times["one model in-process"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        run_batch(jobs[:1])
+        times["one model batch"].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"batch of {len(jobs)} models (quantize + validate + benchmark each), median of {rounds} rounds:")
+    print(f"  --jobs 1: {med['jobs 1']:.2f} s   --jobs 2: {med['jobs 2']:.2f} s   "
+          f"gain of a second worker: {med['jobs 1'] / med['jobs 2']:.2f}x")
+    print(f"  one model: in-process {med['one model in-process']:.2f} s, in a worker {med['one model batch']:.2f} s "
+          f"(+{med['one model batch'] - med['one model in-process']:.2f} s for the worker process)")
+
+
+def bars(work: Path, rounds: int) -> None:
+    import os
+
+    from rich.console import Console
+
+    from qconvert import progress
+    from qconvert.benchmark import batch_feeds, benchmark
+    from qconvert.calibration import open_data
+    from qconvert.cli import render
+    from qconvert.model import input_specs, load_model
+
+    quant = work / "cnn.q.onnx"
+    run_job(replace(_job(SAMPLES / "digits_cnn.onnx", quant), evaluation=None, benchmark=None))
+
+    feeds = batch_feeds(open_data(DataConfig("synthetic"), input_specs(load_model(quant).proto)), 1)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - held for the whole run
+    render.err = Console(file=sink, force_terminal=True, width=100)
+    medians: dict[str, list[float]] = {"without bars": [], "with bars": []}
+    for _ in range(rounds):
+        for label, found in medians.items():
+            reporter = render._Bars() if label == "with bars" else None
+            with progress.reporting(reporter):
+                result = benchmark([quant], feeds, config=BenchmarkConfig(runs=400))
+            found.append(result.models[0].p50_ms)
+    a, b = (statistics.median(v) for v in medians.values())
+    print(f"quantized CNN p50 over {rounds} rounds of 400 runs: without bars {a:.4f} ms, with bars {b:.4f} ms, "
+          f"ratio {b / a:.3f}")
+
+
+def report(work: Path) -> None:
+    from qconvert.report_html import render_html
+
+    result = run_job(replace(_job(SAMPLES / "digits_cnn.onnx", work / "r.q.onnx"), analyze=True))
+    payload = result.report()
+    start = time.perf_counter()
+    page = render_html(payload)
+    seconds = time.perf_counter() - start
+    print(f"HTML report of a pipeline (validate + 50-run benchmark + analyze): {len(page) / 1024:.0f} KB, "
+          f"rendered in {seconds * 1000:.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=2, help="copies of each sample model in the batch")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qconvert-pipelines-") as tmp:
+        work = Path(tmp)
+        (work / "b").mkdir()
+        batches(work / "b", args.rounds, args.copies)
+        bars(work, args.rounds)
+        report(work)
+
+
+if __name__ == "__main__":
+    main()
