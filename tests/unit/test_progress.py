@@ -14,6 +14,7 @@ from qconvert.batch import run_batch
 from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration.npyfile import npz_length
 from qconvert.config import CalibrationMethod
+from qconvert.quantize import _reads_calibration_cache
 from qconvert.search import SearchConfig, search_quantize
 from qconvert.validate import Gates, validate
 from tests import models
@@ -96,10 +97,13 @@ def test_calibration_counts_its_samples(mlp: Path, mlp_calib: Path, tmp_path: Pa
         quantize(mlp, tmp_path / "a.onnx", _data(mlp, mlp_calib))
         quantize(mlp, tmp_path / "b.onnx", _data(mlp, mlp_calib, samples=5),
                  config=QuantizeConfig(method=CalibrationMethod.ENTROPY))
+    histograms = [("calibration histograms", 5, 5, True)]  # the second pass knows the count from the first
+    if not _reads_calibration_cache():  # onnxruntime 1.24 calibrates by itself, in one pass we only feed
+        histograms = []
     assert [(t.description, t.total, t.done, t.finished) for t in recorder.tasks] == [
         ("calibration", 16, 16, True),
         ("calibration", 5, 5, True),
-        ("calibration histograms", 5, 5, True),  # the second pass knows the count from the first
+        *histograms,
     ]
 
 
