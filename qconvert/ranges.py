@@ -126,6 +126,10 @@ def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, 
         onnx.save(model, str(path), save_as_external_data=external, location=path.name + ".data")
     finally:
         del model.graph.output[kept:]
+        if external:  # onnx.save moved the weights out of `model` into the file: read them back
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(model, str(path.parent))
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

@@ -12,6 +12,7 @@ from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
 from qconvert.quantize import _Reader
 from qconvert.ranges import calibrate
+from tests import models
 from tests.conftest import SAMPLES
 
 MODEL = SAMPLES / "digits_cnn.onnx"
@@ -64,3 +65,24 @@ def test_ranges_do_not_depend_on_sample_order(tmp_path: Path) -> None:
     b = calibrate(MODEL, backward, [], tmp_path, method=CalibrationMethod.ENTROPY)
     for name, data in a.ranges.items():
         np.testing.assert_array_equal(data.range_value, b.ranges[name].range_value)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_exposing_a_model_leaves_it_as_it_was(tmp_path: Path, external: bool) -> None:
+    """onnx.save with external data moves the weights out of the proto it saves; SmoothQuant then
+    read its weights from a file name relative to the working folder (found on MiniLM)."""
+    from onnx import numpy_helper
+    from onnx.external_data_helper import uses_external_data
+
+    from qconvert.ranges import exposing_session
+
+    model = models.outlier_mlp()
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    outputs = [o.name for o in model.graph.output]
+    exposing_session(model, [model.graph.node[0].output[0]], tmp_path / "e.onnx", external=external,
+                     failure="cannot run", hint="-")
+    (tmp_path / "e.onnx.data").unlink(missing_ok=True)  # the weights must not need the file
+    assert not any(uses_external_data(t) for t in model.graph.initializer)
+    for t in model.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(t), weights[t.name])
+    assert [o.name for o in model.graph.output] == outputs
