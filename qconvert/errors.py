@@ -6,6 +6,7 @@ The exit-code table lives here and only here; the CLI maps exceptions to codes i
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 
 
@@ -94,13 +95,16 @@ class RuntimeFailure(EnvironmentFailure):
 
 def from_system_error(exc: MemoryError | OSError) -> EnvironmentFailure:
     """What memory and file-system failures that escaped every step mean to the user (exit 4)."""
-    import errno
-
     if isinstance(exc, MemoryError):
         return EnvironmentFailure("out of memory", hint="use fewer --calib-samples, a smaller --batch, or a bigger "
                                                         "machine; --max-memory stops a run early and cleanly")
     where = f": {exc.filename}" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if out_of_space(exc):
         return EnvironmentFailure(f"no space left on the device{where}",
                                   hint="free some disk space; the previous output, if any, is untouched")
     return EnvironmentFailure(f"{exc.strerror or exc}{where}", hint="check the path, its permissions and the disk")
+
+
+def out_of_space(exc: OSError) -> bool:
+    """A full disk or an exhausted quota: the environment's failure (exit 4), whatever was being written."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

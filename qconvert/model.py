@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qconvert.errors import ModelError, OutputError
+from qconvert.errors import ModelError, OutputError, out_of_space
 
 if TYPE_CHECKING:
     import onnx
@@ -360,12 +360,10 @@ def write_atomically(path: Path, text: str) -> None:
 def write_output(path: Path, text: str, what: str) -> None:
     """`write_atomically` for an output the user named: a path that cannot be written is bad
     input (exit 2); a full disk is the environment's failure and goes on to the error mapper (exit 4)."""
-    import errno
-
     try:
         write_atomically(path, text)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if out_of_space(exc):
             raise
         raise OutputError(f"cannot write the {what} {path}: {exc.strerror or exc}",
                           hint="check the folder exists and is writable") from exc

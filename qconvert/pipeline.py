@@ -151,16 +151,15 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
         for ep in providers:
             result.validate.append(validate(model.path, output, open_data(evaluation, specs),
                                             config=ValidateConfig(gates=gates or Gates(), ep=ep)))
+    measured_on = evaluation or (search.evaluation if search else None)
     if benchmark_config is not None:
-        source = evaluation or (search.evaluation if search else DataConfig("synthetic"))
-        feeds = batch_feeds(open_data(source, specs), benchmark_config.batch)
+        feeds = batch_feeds(open_data(measured_on or DataConfig("synthetic"), specs), benchmark_config.batch)
         for ep in providers:
             result.benchmark.append(benchmark([model.path, output], feeds,
                                               config=replace(benchmark_config, ep=ep, reference_first=True)))
-    ranked_on = evaluation or (search.evaluation if search else None)
-    if analyze_nodes and ranked_on is not None:
-        limit = min(ranked_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
-        result.analyze = analyze(model.path, output, open_data(replace(ranked_on, max_samples=limit), specs))
+    if analyze_nodes and measured_on is not None:
+        limit = min(measured_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
+        result.analyze = analyze(model.path, output, open_data(replace(measured_on, max_samples=limit), specs))
     return result
 
 

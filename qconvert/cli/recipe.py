@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,22 +129,24 @@ def _is_path(key: str, param: Any) -> bool:
 
 def _from_recipe(text: str, folder: Path) -> str:
     """A path as written in a recipe (relative to its folder) → as the command takes it."""
-    file, colon, function = text.rpartition(":")
-    if colon and file.endswith(".py"):  # a plugin, file.py:function
-        return f"{_from_recipe(file, folder)}:{function}"
-    if text == "synthetic" or (colon and os.sep not in text) or os.path.isabs(text):
-        return text  # synthetic data, a package.module:function plugin, an absolute path
-    return str(folder / text)
+    return _rebase(text, lambda path: str(folder / path))
 
 
 def _to_recipe(text: str, folder: Path) -> str:
     """A path as the command took it (relative to the working folder) → relative to `folder`."""
+    return _rebase(text, lambda path: os.path.relpath(os.path.abspath(path), os.path.abspath(folder)))
+
+
+def _rebase(text: str, move: Callable[[str], str]) -> str:
+    """`move` applied to the relative path in `text`: the file of a file.py:function plugin, or the
+    whole text. Synthetic data, a package.module:function plugin and absolute paths (a fixed place
+    the user chose) stay as they are."""
     file, colon, function = text.rpartition(":")
     if colon and file.endswith(".py"):
-        return f"{_to_recipe(file, folder)}:{function}"
+        return f"{_rebase(file, move)}:{function}"
     if text == "synthetic" or (colon and os.sep not in text) or os.path.isabs(text):
-        return text  # absolute paths stay absolute: the user chose a fixed place
-    return os.path.relpath(os.path.abspath(text), os.path.abspath(folder))
+        return text
+    return move(text)
 
 
 def save(ctx: typer.Context, path: Path) -> None:
