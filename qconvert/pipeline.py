@@ -9,7 +9,7 @@ can run it in a worker process.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +19,7 @@ from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, QuantizeConfig
 from qconvert.errors import OutputError, UsageError
-from qconvert.model import LoadedModel, input_specs, load_model, write_output
+from qconvert.model import LoadedModel, input_specs, is_same_file, load_model, write_output
 from qconvert.providers import EPConfig
 from qconvert.quantize import quantize
 from qconvert.results import (
@@ -163,11 +163,18 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
     return result
 
 
-def check_report_path(path: Path) -> None:
-    """Refuse a report that could not be written before any work is done for it."""
+def check_report_path(path: Path, *, inputs: Iterable[Path] = ()) -> None:
+    """Refuse a report that could not be written, or that would replace one of `inputs` (the run's
+    models, data and outputs; directly or through a link), before any work is done for it."""
+    if path.is_dir():
+        raise OutputError(f"the report {path} is a folder", hint="give a file name ending in .json or .html")
     if not path.parent.is_dir():
         raise OutputError(f"cannot write the report {path}: its folder does not exist",
                           hint="create the folder first, or write the report elsewhere")
+    for src in inputs:
+        if path.resolve() == src.resolve() or is_same_file(path, src):
+            raise OutputError(f"the report {path} would replace {src}, which this run reads or writes",
+                              hint="write the report to a file of its own; qconvert never modifies its inputs")
 
 
 def write_report(payload: dict[str, object], path: str | Path) -> None:

@@ -56,7 +56,7 @@ def analyze(
     from qconvert.pipeline import check_report_path, write_report
 
     if report is not None:
-        check_report_path(report)
+        check_report_path(report, inputs=options.files_besides(ctx, "report"))
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)

@@ -64,7 +64,7 @@ def benchmark(
     from qconvert.pipeline import check_report_path, write_report
 
     if report is not None:
-        check_report_path(report)
+        check_report_path(report, inputs=options.files_besides(ctx, "report"))
     config = BenchmarkConfig(
         runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
         ep=options.ep_config(ep, ep_option, threads),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -146,3 +147,19 @@ def data_config(source: str, *, samples: int | None, shape: list[str] | None, im
                       image_size=parse_image_size(image_size), mean=parse_floats(mean, "--mean"),
                       std=parse_floats(std, "--std"), layout=layout, labels=labels,
                       allow_nonfinite=allow_nonfinite)
+
+
+_WRITTEN = ("output", "report", "save_recipe")  # parameters naming files the command writes
+
+
+def files_besides(ctx: typer.Context, param: str) -> tuple[Path, ...]:
+    """The files the command `ctx` reads or writes, other than the one `param` names: every other
+    parameter value that names an existing path, and the files it will write. A report or recipe
+    must be none of them."""
+    found: list[Path] = []
+    for name, value in ctx.params.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if name != param and isinstance(v, str | Path) and (name in _WRITTEN or os.path.lexists(v)):
+                found.append(Path(v))
+    return tuple(found)

@@ -36,7 +36,7 @@ from qconvert.errors import UsageError
 from qconvert.presets import PRESETS, expand
 
 if TYPE_CHECKING:
-    from qconvert.batch import BatchResult
+    from qconvert.pipeline import PipelineJob
 
 
 @command("quantize")
@@ -186,34 +186,43 @@ def quantize(
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
     models, is_batch = expand_models(model)
-    if report is not None and not is_batch:
-        check_report_path(report)
     if not is_batch:
-        result = run_job(batch_jobs(template, models, batch=False)[0], on_trial=render.trial if eval_data else None)
+        job = batch_jobs(template, models, batch=False)[0]
+        if report is not None:
+            check_report_path(report, inputs=options.files_besides(ctx, "report"))
+        result = run_job(job, on_trial=render.trial if eval_data else None)
         payload = result.report()
         if report is not None:
             write_report(payload, report)
         render.pipeline_result(result, payload, as_json=as_json)
         result.raise_for_gates()
         return
-    batch = run_batch(batch_jobs(template, models, batch=True), workers=jobs, on_done=render.batch_item)
-    if report is not None:
-        for path, item_payload in _reports(report, batch):
-            write_report(item_payload, path)
+    jobs_ = batch_jobs(template, models, batch=True)
+    reports = _report_paths(report, jobs_, options.files_besides(ctx, "report")) if report is not None else []
+    per_model = len(reports) > 0 and "{stem}" in str(report)
+    batch = run_batch(jobs_, workers=jobs, on_done=render.batch_item)
+    if per_model:
+        for path, item in zip(reports, batch.items, strict=True):
+            if item.result is not None:
+                write_report(item.result, path)
+    elif report is not None:
+        write_report(batch.to_dict(), report)
     render.batch_result(batch, as_json=as_json)
     if batch.exit_code:
         raise typer.Exit(batch.exit_code)
 
 
-def _reports(report: Path, batch: BatchResult) -> list[tuple[Path, dict[str, object]]]:
-    """The batch's report files: one per model when the name has {stem}, else one for the batch."""
+def _report_paths(report: Path, jobs: list[PipelineJob], besides: tuple[Path, ...]) -> list[Path]:
+    """The batch's report files, checked before any work: one per model when the name has {stem}
+    (in the models' order), else one for the batch. Their folders are made like the outputs'."""
     from qconvert.batch import output_for
+    from qconvert.pipeline import check_report_path
 
-    found = [(report, batch.to_dict())] if "{stem}" not in str(report) else [
-        (output_for(Path(i.model), report, batch=True), i.result) for i in batch.items if i.result is not None]
-    for path, _ in found:  # a batch makes its report folders like its output folders
+    paths = [output_for(j.model, report, batch=True) for j in jobs] if "{stem}" in str(report) else [report]
+    for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return found
+        check_report_path(path, inputs=(*besides, *(j.model for j in jobs), *(j.output for j in jobs)))
+    return paths
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -154,8 +154,11 @@ def save(ctx: typer.Context, path: Path) -> None:
     the command line or from the environment), the global ones included."""
     import tomli_w
 
+    from qconvert.cli.options import files_besides
     from qconvert.model import write_output
+    from qconvert.pipeline import check_report_path
 
+    check_report_path(path, inputs=files_besides(ctx, "save_recipe"))
     folder = path.parent
     recipe: dict[str, Any] = {"recipe": RECIPE_VERSION, "command": ctx.info_name}
     for scope in (ctx.find_root(), ctx):

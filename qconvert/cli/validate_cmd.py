@@ -63,7 +63,7 @@ def validate(
     from qconvert.validate import validate as run_validate
 
     if report is not None:
-        check_report_path(report)
+        check_report_path(report, inputs=options.files_besides(ctx, "report"))
     config = ValidateConfig(
         gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
         ep=options.ep_config(ep, ep_option, threads),

@@ -174,3 +174,30 @@ def test_reports_get_the_usual_permissions(mlp: Path, tmp_path: Path) -> None:
         assert report.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
     finally:
         os.umask(mask)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["quantize", "{mlp}", "-o", "{q}", "--report", "{mlp}"], "would replace"),
+    (["quantize", "{mlp}", "-o", "{new}", "--report", "{new}"], "would replace"),  # its own output model
+    (["quantize", "{mlp}", "-o", "{new}", "--calib", "{calib}", "--report", "{calib}"], "would replace"),
+    (["quantize", "{mlp}", "-o", "{new}", "--save-recipe", "{mlp}"], "would replace"),
+    (["quantize", "{mlp}", "-o", "{new}", "--report", "{link}"], "would replace"),  # through a symlink
+    (["quantize", "{mlp}", "-o", "{new}", "--report", "{r}", "--save-recipe", "{r}"], "would replace"),
+    (["quantize", "{mlp}", "{mlp2}", "-o", "{out}", "--report", "{tmp}/{{stem}}.onnx"], "would replace"),
+    (["validate", "{mlp}", "{q}", "--data", "{calib}", "--report", "{q}"], "would replace"),
+    (["benchmark", "{mlp}", "{q}", "--runs", "2", "--report", "{mlp}"], "would replace"),
+    (["analyze", "{mlp}", "{q}", "--data", "{calib}", "--report", "{calib}"], "would replace"),
+    (["validate", "{mlp}", "{q}", "--data", "{calib}", "--save-recipe", "{q}"], "would replace"),
+    (["quantize", "{mlp}", "-o", "{new}", "--report", "{out}"], "is a folder"),
+])
+def test_a_report_or_recipe_never_replaces_what_the_run_reads_or_writes(
+        args: list[str], message: str, mlp: Path, mlp_calib: Path, tmp_path: Path) -> None:
+    q = tmp_path / "q.onnx"
+    assert _quantize(mlp, q) == 0
+    models.save(models.mlp(), tmp_path / "mlp2.onnx")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "link.json").symlink_to(mlp)
+    names = {"mlp": mlp, "mlp2": tmp_path / "mlp2.onnx", "q": q, "new": tmp_path / "new.onnx",
+             "calib": mlp_calib, "link": tmp_path / "link.json", "r": tmp_path / "r.json",
+             "out": tmp_path / "out", "tmp": tmp_path}
+    refused([a.format(**names) for a in args], folder=tmp_path, code=ExitCode.BAD_INPUT, message=message)
