@@ -93,6 +93,9 @@ class QuantizeConfig:
     target: Target = Target.GENERIC
     smooth: float | None = None  # SmoothQuant migration strength alpha (static mode), None: off
     sensitive: Sensitive = Sensitive.FLOAT
+    # Static: a quantized MatMul/Gemm whose output no quantized op reads writes float (no Q/DQ
+    # pair on it). NPUs whose node units need quantized outputs turn this off.
+    float_outputs: bool = True
     presets: tuple[str, ...] = ()  # the presets this configuration was built from, for the record
 
     def to_dict(self) -> dict[str, object]:

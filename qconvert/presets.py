@@ -56,15 +56,18 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("qnn-htp", "target",
            "Qualcomm HTP (QNN EP): static QDQ with onnxruntime's QNN helpers (get_qnn_qdq_config per-op "
            "overrides), uint8 activations and weights; the accuracy search raises sensitive activations to "
-           "uint16 instead of float, which HTP would leave to the CPU. Fix dynamic dims with --fix-shape",
+           "uint16 instead of float, which HTP would leave to the CPU; every output quantized, as HTP runs whole "
+           "Q/DQ node units only. Fix dynamic dims with --fix-shape",
            {"mode": Mode.STATIC, "target": Target.QNN, "activations": ActivationType.UINT8,
             "weights": WeightType.UINT8, "per_channel": False, "symmetric_weights": False,
-            "sensitive": Sensitive.INT16}),
+            "sensitive": Sensitive.INT16, "float_outputs": False}),
     Preset("vitisai", "target",
            "AMD Vitis AI / Ryzen AI NPU: static QDQ, int8 symmetric activations and weights per tensor "
-           "(Quark's XINT8 scheme without its power-of-two scales, which onnxruntime's quantizer cannot make)",
+           "(Quark's XINT8 scheme without its power-of-two scales, which onnxruntime's quantizer cannot make); every "
+           "output quantized, as the NPU runs whole Q/DQ node units only",
            {"mode": Mode.STATIC, "activations": ActivationType.INT8, "weights": WeightType.INT8,
-            "per_channel": False, "symmetric_activations": True, "symmetric_weights": True}),
+            "per_channel": False, "symmetric_activations": True, "symmetric_weights": True,
+            "float_outputs": False}),
     Preset("transformer", "family",
            "transformers: quantize the weight MatMuls/Gemms only, per channel; LayerNorm, Softmax, GELU and the "
            "residual Adds stay in float, where their outliers would cost accuracy; in static mode, SmoothQuant "

@@ -32,6 +32,10 @@ QUANTIZED_OPS = frozenset({
 })
 
 
+# NPU providers that run a quantized op only as a whole Q/DQ node unit, its output quantized too.
+NODE_UNIT_PROVIDERS = frozenset({"qnn", "vitisai"})
+
+
 class ProviderUnavailableError(EnvironmentFailure):
     """The execution provider asked for is not in this onnxruntime build nor in a plugin package."""
 

@@ -369,15 +369,18 @@ class QuantizeJob:
         dynamic = sorted(keep_float or {}) if self.config.sensitive is Sensitive.DYNAMIC else []
         static_out = staged.with_name("mixed-" + staged.name) if dynamic else staged
         samples = self.calibration.samples if self.calibration else 0
+        freed = 0
         t0 = time.perf_counter()
         with quiet_onnxruntime():
             if self.mode is Mode.STATIC and self.calibration is not None:
-                _run_static(self.prepared, static_out, self.ranges_file, the_plan, self.config, self.external, wide)
+                freed = _run_static(self.prepared, static_out, self.ranges_file, the_plan, self.config,
+                                    self.external, wide)
             elif self.mode is Mode.STATIC:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate here
                 assert self.data is not None
                 with progress.task("calibration", total=self.data.expected_samples()) as step:
                     reader = _Reader(self.data, step)
-                    _run_static(self.prepared, static_out, reader, the_plan, self.config, self.external, wide)
+                    freed = _run_static(self.prepared, static_out, reader, the_plan, self.config, self.external,
+                                        wide)
                 samples = reader.count
             if self.mode is Mode.STATIC and dynamic:
                 _run_dynamic(static_out, staged, the_plan, self.config, self.external, [], only=dynamic)
@@ -400,7 +403,10 @@ class QuantizeJob:
             if c.name in done:
                 counts.quantized += 1
             else:
-                skipped.append(SkippedNode(c.name, c.op_type, c.graph, _skip_reason(c, the_plan)))
+                reason = _skip_reason(c, the_plan)
+                if c.name in dynamic:  # taken out of static QDQ for dynamic quantization, which refused it
+                    reason += f"; left in float: {_skip_reason(c, replace(the_plan, mode=Mode.DYNAMIC, excluded={}))}"
+                skipped.append(SkippedNode(c.name, c.op_type, c.graph, reason))
         if not any(c.quantized for c in result_ops.values()):
             reasons = sorted({s.reason for s in skipped})
             raise NothingQuantizedError(
@@ -420,7 +426,7 @@ class QuantizeJob:
             calibration_seconds=self.calibration.seconds if self.calibration else 0.0,
             quantization_seconds=quant_seconds,
             preprocess=self.prep.to_dict() if config.preprocess or config.fixed_shapes else None,
-            warnings=list(self.warnings),
+            warnings=list(self.warnings), float_outputs=freed,
         )
 
 
@@ -474,8 +480,9 @@ def _target_options(src: Path, plan_: Plan, config: QuantizeConfig,
 
 
 def _run_static(src: Path, staged: Path, calibration: Path | _Reader, plan_: Plan, config: QuantizeConfig,
-                external: bool, wide: list[str]) -> None:
-    """QDQ-quantize from the ranges cached at `calibration`, or by calibrating on that reader."""
+                external: bool, wide: list[str]) -> int:
+    """QDQ-quantize from the ranges cached at `calibration`, or by calibrating on that reader.
+    Returns how many MatMul/Gemm outputs were left in float (`QuantizeConfig.float_outputs`)."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     static_out = staged.with_name("static-" + staged.name) if plan_.subgraph_candidates and plan_.subgraphs else staged
@@ -498,10 +505,75 @@ def _run_static(src: Path, staged: Path, calibration: Path | _Reader, plan_: Pla
             raise DataError("no calibration samples", hint="give non-empty data") from exc
         raise ModelError(f"onnxruntime could not quantize the model: {first_line(exc)}",
                          hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
+    freed = _float_outputs(static_out, plan_) if config.float_outputs else 0
     if static_out != staged:
         subgraph_nodes = set(plan_.subgraph_candidates)
         main_and_excluded = [c.name for c in plan_.candidates if c.name not in subgraph_nodes]
         _run_dynamic(static_out, staged, plan_, config, external, sorted(main_and_excluded))
+    return freed
+
+
+FLOAT_OUTPUT_OPS = frozenset({"MatMul", "Gemm"})  # their integer kernels can write float directly
+
+
+def _float_outputs(path: Path, plan_: Plan) -> int:
+    """Drop the Q/DQ pair onnxruntime puts on every output of a quantized MatMul/Gemm that no
+    quantized op reads (by `plan_`: its op types, less the nodes it excludes; a graph output is
+    read in float). Such a pair only adds rounding, per tensor, across the outlier channels of a
+    transformer's residual stream or a classifier's logits. The MatMul/Gemm still reads quantized
+    inputs and runs in integers (MatMulIntegerToFloat, QGemm with a float output on CPU). Returns
+    how many outputs were freed; the model at `path` is rewritten only when there were some."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    quantized = _quantized_names(model)
+
+    def planned(node: onnx.NodeProto) -> bool:
+        return node.op_type in plan_.op_types and node.name not in plan_.excluded
+
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    # Subgraph bodies may read a main-graph tensor by name: such a tensor keeps its Q/DQ.
+    pinned = {i for gn in iter_nodes(graph) if gn.in_subgraph for i in gn.node.input}
+    dropped: list[onnx.NodeProto] = []
+    freed = 0
+    for node in graph.node:
+        if node.op_type not in FLOAT_OUTPUT_OPS or node.name not in quantized:
+            continue
+        for index, tensor in enumerate(node.output):
+            qs = readers.get(tensor, [])
+            if (tensor in pinned | outputs or len(qs) != 1 or qs[0].op_type != "QuantizeLinear"
+                    or qs[0].output[0] in pinned | outputs):
+                continue
+            dqs = readers.get(qs[0].output[0], [])
+            finals = [d.output[0] for d in dqs]
+            if (not dqs or any(d.op_type != "DequantizeLinear" for d in dqs) or any(f in pinned for f in finals)
+                    or sum(f in outputs for f in finals) > 1
+                    or any(planned(r) or r.op_type in QDQ_OPS for f in finals for r in readers.get(f, []))):
+                continue
+            name = next((f for f in finals if f in outputs), tensor)  # a graph output keeps its name
+            node.output[index] = name
+            for final in finals:
+                for reader in readers.get(final, []):
+                    reader.input[:] = [name if i == final else i for i in reader.input]
+            dropped += [qs[0], *dqs]
+            freed += 1
+    if freed:
+        gone = {id(n) for n in dropped}
+        kept = [n for n in graph.node if id(n) not in gone]
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {i for gn in iter_nodes(graph) for i in gn.node.input} | outputs
+        orphans = {i for n in dropped for i in n.input[1:]} - used  # the pairs' scales and zero points
+        inits = [t for t in graph.initializer if t.name not in orphans]
+        del graph.initializer[:]
+        graph.initializer.extend(inits)
+        onnx.save(model, str(path))
+    return freed
 
 
 def _check_loads(path: Path) -> None:

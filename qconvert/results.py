@@ -101,6 +101,7 @@ class QuantizeResult:
     quantization_seconds: float
     preprocess: dict[str, object] | None
     warnings: list[str] = field(default_factory=list)
+    float_outputs: int = 0  # quantized MatMul/Gemm nodes whose outputs stay float (no reader is quantized)
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -127,7 +128,8 @@ class QuantizeResult:
             "schema_version": SCHEMA_VERSION, "command": "quantize",
             "input": self.input_path, "output": self.output_path,
             "mode": self.mode, "mode_reason": self.mode_reason, "smoke_run": self.smoke_run,
-            "nodes": {"quantized": self.quantized_nodes, "candidates": self.candidate_nodes},
+            "nodes": {"quantized": self.quantized_nodes, "candidates": self.candidate_nodes,
+                      "float_outputs": self.float_outputs},
             "op_types": {op: {"candidates": c.candidates, "quantized": c.quantized}
                          for op, c in sorted(self.op_types.items())},
             "skipped": [s.to_dict() for s in self.skipped],

@@ -255,6 +255,24 @@ def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
 
 
+def residual_block(seed: int = 0) -> onnx.ModelProto:
+    """x [batch, 4 tokens, 16] → MatMul (two output channels 100 times larger than the rest, as a
+    transformer's residual stream carries) → Add x → LayerNormalization → MatMul → y: quantizing the
+    first MatMul's output per tensor wipes out its small channels."""
+    rng = np.random.default_rng(seed)
+    w1 = _weights(rng, 16, 16)
+    w1[:, :2] *= 100.0
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(_weights(rng, 16, 8), "w2"),
+             numpy_helper.from_array(np.ones(16, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "beta")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="up"),
+             helper.make_node("Add", ["h", "x"], ["r"], name="residual"),
+             helper.make_node("LayerNormalization", ["r", "gamma", "beta"], ["n"], name="norm", axis=-1),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="down")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])], inits)
+
+
 def masked_scores(seed: int = 0) -> onnx.ModelProto:
     """MatMul → Add of a causal mask holding -inf (as attention exports write it) → Softmax: the
     infinite values are in a constant no quantizable op reads as a weight."""

@@ -93,6 +93,10 @@ def quantize(
         "--smooth", min=0.0, max=1.0, help="SmoothQuant: migrate activation outliers into MatMul weights with this "
                                            "strength alpha before static QDQ (0.5-0.8 for transformers).",
         show_default=False)] = None,
+    float_outputs: Annotated[bool, typer.Option(
+        "--float-outputs/--quantize-all-outputs",
+        help="Static: a MatMul/Gemm whose output only float ops read writes float, with no Q/DQ pair on it "
+             "(less rounding, same integer kernel); NPU presets quantize every output.")] = True,
     calib_samples: CalibSamplesOpt = None,
     shape: ShapeOpt = None,
     image_size: ImageSizeOpt = None,
@@ -141,6 +145,7 @@ def quantize(
     from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
     from qconvert.pipeline import PipelineJob, check_report_path, run_job, write_report
+    from qconvert.providers import NODE_UNIT_PROVIDERS, alias
     from qconvert.search import SearchConfig
     from qconvert.validate import Gates
 
@@ -155,9 +160,16 @@ def quantize(
         "preprocess": ("preprocess", preprocess),
         "fixed_shapes": ("fix_shape", options.parse_shapes(fix_shape, "--fix-shape")),
         "target": ("target", target), "sensitive": ("sensitive", sensitive), "smooth": ("smooth", smooth),
+        "float_outputs": ("float_outputs", float_outputs),
     }
     given = {field: value for field, (param, value) in fields.items()
              if _given(ctx, param)}
+    providers = options.ep_configs(ep, ep_option, threads)
+    npus = sorted({alias(p.provider) for p in providers} & NODE_UNIT_PROVIDERS)
+    if npus and "float_outputs" not in given:
+        given["float_outputs"] = False
+        render.warnings([f"--ep {npus[0]}: every output quantized (--quantize-all-outputs), as its NPU runs a "
+                         "quantized op only with its output quantized too"])
     config = expand(_split(preset), given)
     if preset:
         render.presets([PRESETS[name] for name in config.presets], sorted(given))
@@ -180,7 +192,7 @@ def quantize(
         model=Path(), output=output, config=config, force=force, gates=gates, analyze=then_analyze,
         calibration=data(calib, calib_samples) if calib is not None else None,
         evaluation=data(validate_data, labeled=True) if validate_data is not None else None,
-        providers=options.ep_configs(ep, ep_option, threads),
+        providers=providers,
         search=SearchConfig(evaluation=data(eval_data, eval_samples, labeled=True), gates=gates,
                             max_trials=max_trials) if eval_data is not None else None,
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,

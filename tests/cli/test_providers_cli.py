@@ -36,11 +36,12 @@ def test_providers_table() -> None:
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The sample CNN quantized twice: batch fixed to 1 (QNN-ready) and left dynamic."""
+    """The sample CNN quantized twice: QNN-ready (batch fixed to 1, every output quantized: HTP runs
+    whole Q/DQ node units only) and left dynamic."""
     folder = tmp_path_factory.mktemp("ep")
     made = {"static": folder / "static.onnx", "dynamic": folder / "dynamic.onnx"}
     for kind, path in made.items():
-        fix = ["--fix-shape", "image=1,1,32,32"] if kind == "static" else []
+        fix = ["--fix-shape", "image=1,1,32,32", "--quantize-all-outputs"] if kind == "static" else []
         code, _, err = _run("quantize", CNN, "-o", path, "--calib", SAMPLES / "digits.calib.npz",
                             "--calib-samples", "32", *fix)
         assert code == ExitCode.OK, err
@@ -78,3 +79,4 @@ def test_pipeline_fixes_the_shape_and_runs_on_qnn(tmp_path: Path) -> None:
     bench = json.loads(report.read_text())["benchmark"][0]
     fp32, quant = bench["models"]
     assert fp32["placement"]["all_on_cpu"] and quant["placement"]["share"] > 0.9
+    assert "every output quantized" in err  # --ep qnn keeps the node units HTP needs whole

@@ -119,7 +119,7 @@ def test_pipeline_with_every_step(tmp_path: Path) -> None:
 
 def test_pipeline_with_the_accuracy_search(tmp_path: Path) -> None:
     document = _json("quantize", CNN, "-o", tmp_path / "q.onnx", "--calib", CALIB, "--calib-samples", 16,
-                     "--eval-data", EVAL, "--labels", "labels", "--eval-samples", 16, "--min-cosine", 0.9999,
+                     "--eval-data", EVAL, "--labels", "labels", "--eval-samples", 16, "--min-cosine", 0.999999,
                      "--max-trials", 3, "--json", code=3)
     assert document["search"]["trials"]
 

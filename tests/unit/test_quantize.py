@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,41 @@ def test_the_loaded_model_is_left_as_it_was(build, tmp_path: Path) -> None:  # t
     before = loaded.proto.SerializeToString()
     quantize(loaded, tmp_path / "q.onnx")
     assert loaded.proto.SerializeToString() == before
+
+
+def _qdq_on(path: Path) -> set[str]:
+    """The tensors a QuantizeLinear reads."""
+    return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_matmul_outputs_no_quantized_op_reads_stay_float(tmp_path: Path) -> None:
+    model = models.save(models.residual_block(), tmp_path / "block.onnx")
+    calib = models.write_npz(models.residual_block(), tmp_path / "calib.npz", samples=16, seed=1)
+    float_out, all_out = tmp_path / "float.onnx", tmp_path / "all.onnx"
+    matmuls = QuantizeConfig(op_types=("MatMul",))
+    freed = quantize(model, float_out, _data(model, calib), config=matmuls)
+    kept = quantize(model, all_out, _data(model, calib), config=replace(matmuls, float_outputs=False))
+    assert (freed.float_outputs, kept.float_outputs) == (2, 0)  # "up" feeds a float Add, "down" the output
+    assert freed.quantized_nodes == kept.quantized_nodes == 2
+    assert _qdq_on(float_out) == {"x", "n"} and {"x", "n"} < _qdq_on(all_out)  # inputs quantized either way
+    assert [o.name for o in onnx.load(str(float_out)).graph.output] == ["y"]
+    feeds = models.inputs_for(models.residual_block(), batch=32, seed=7)
+    ref = models.run(model, feeds)[0]
+    freed_cos, kept_cos = (_cosine(ref, models.run(p, feeds)[0]) for p in (float_out, all_out))
+    assert freed_cos > 0.999 and freed_cos > kept_cos
+    assert not np.allclose(ref, models.run(float_out, feeds)[0], atol=0, rtol=0)
+
+
+def test_matmul_outputs_a_quantized_op_reads_keep_their_qdq(tmp_path: Path) -> None:
+    model = models.save(models.residual_block(), tmp_path / "block.onnx")
+    calib = models.write_npz(models.residual_block(), tmp_path / "calib.npz", samples=16, seed=1)
+    result = quantize(model, tmp_path / "q.onnx", _data(model, calib), config=QuantizeConfig())  # Add quantized too
+    assert "h" in _qdq_on(tmp_path / "q.onnx") and result.float_outputs == 1  # only the graph output is freed
+
+
+def test_a_tensor_a_subgraph_reads_keeps_its_qdq(tmp_path: Path) -> None:
+    model = models.save(models.with_if_subgraph(), tmp_path / "if.onnx")
+    calib = models.write_npz(models.with_if_subgraph(), tmp_path / "calib.npz", samples=8, seed=1)
+    result = quantize(model, tmp_path / "q.onnx", _data(model, calib), config=QuantizeConfig(mode=Mode.STATIC))
+    assert result.float_outputs == 0  # "h" is read by the If bodies by name
+    _close_to_fp32(model, tmp_path / "q.onnx", models.with_if_subgraph(), 0.99)

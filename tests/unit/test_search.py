@@ -113,9 +113,12 @@ def test_sensitive_nodes_quantized_dynamically_on_the_cpu(tmp_path: Path) -> Non
     config = expand(["transformer"], {"sensitive": Sensitive.DYNAMIC, "smooth": None,
                                       "method": CalibrationMethod.MINMAX})
     quantized, _, result = _search(model, SAMPLES / "digits.calib.npz", SAMPLES / "digits.eval.npz", out,
-                                   config=config, labels="labels", min_sqnr=38.0)
+                                   config=config, labels="labels", min_sqnr=42.0)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert len(result.trials) > 1 and result.kept
     assert {"QuantizeLinear", "MatMulInteger", "DynamicQuantizeLinear"} <= ops  # static and dynamic mixed
     kept = {k.node for k in result.kept}
-    assert not kept & {s.name for s in quantized.skipped}  # kept out of QDQ, yet quantized
+    skipped = {s.name: s.reason for s in quantized.skipped}
+    assert kept - set(skipped)  # kept out of QDQ, yet quantized (dynamically)
+    for name in kept & set(skipped):  # what dynamic quantization cannot take stays float, and says why
+        assert "left in float: MatMul without a constant weight" in skipped[name]
