@@ -6,9 +6,12 @@ the evaluation data. When the first trial misses the target, `analyze` ranks the
 by the error each adds on its own (its output computed from FP32 inputs inside the quantized
 graph); the worst are re-ranked by the noise each causes at the outputs when it alone is
 quantized. The search keeps the top k of that ranking out of static QDQ (in float, quantized
-dynamically, or with 16-bit activations: `QuantizeConfig.sensitive`): k = 1, 2, 4, … until the
-target is met, then bisects between the last miss and the first hit for the smallest k, within
-`max_trials`. No rule is specific to a model or an op type: the ranking comes from the data.
+dynamically, or with 16-bit activations: `QuantizeConfig.sensitive`): k = 1, 2, 4. When that
+misses, the error is spread: whole op types are kept out, worst first by the noise their nodes
+cause (never the weighted ops that make the speed), then k = 1, 2, 4, … of the remaining suspects
+on top until the target is met, bisecting between the last miss and the first hit for the
+smallest k, all within `max_trials`. No rule is specific to a model or an op type: the ranking
+comes from the data.
 
 Every trial's model is kept until the end, then timed against FP32 interleaved, so the report
 shows what each exclusion costs in latency.
@@ -53,6 +56,8 @@ DEFAULT_MAX_TRIALS = 12
 EFFECT_CANDIDATES = 64  # suspects whose effect on the outputs is measured, worst own error first
 EFFECT_SAMPLES = 16
 DOMINANT_DB = 6.0  # weights this many dB cleaner than a node's own error do not explain it
+FIRST_NODES = 4  # nodes kept one suspect at a time (k = 1, 2, 4) before whole op types are tried
+TYPE_SHARE = 0.05  # an op type is kept whole only when its nodes cause this share of the measured noise
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class Trial:
 class KeptNode:
     node: str
     op_type: str
-    rank: int  # 1 = the largest own error
+    rank: int | None  # 1 = the largest own error; None: kept with its whole op type, not ranked
     own_sqnr_db: float
     total_sqnr_db: float
 
@@ -194,7 +199,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         assert first is not None
         if not first.passed and search.max_trials > 1:
             ranking = _by_output_effect(_rank(job, runs[0][0], search, specs, work), job, runs[0][0], search, specs)
-            _bisect(ranking, search.max_trials, config.sensitive is Sensitive.INT16, run)
+            _search(ranking, job, search.max_trials, config.sensitive is Sensitive.INT16, run, lambda: len(trials))
         passing = [t for t in trials if t.passed]
         best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
         result = SearchResult(search, trials, best.index, [], len(ranking), notes=notes)
@@ -217,6 +222,7 @@ class _Suspect:
 
     node: NodeError
     group: tuple[str, ...]
+    effect: float = math.nan  # noise it causes at the outputs alone (relative power); nan: not measured
 
 
 def _rank(job: QuantizeJob, first: Path, search: SearchConfig, specs: list[TensorSpec], work: Path) -> list[_Suspect]:
@@ -273,7 +279,8 @@ def _by_output_effect(ranking: list[_Suspect], job: QuantizeJob, first: Path, se
             if variant is not None:
                 noise[suspect.node.node] = _output_noise(variant, feeds, reference)
             step()
-    measured = sorted((s for s in ranking if s.node.node in noise), key=lambda s: -noise[s.node.node])
+    measured = sorted((replace(s, effect=noise[s.node.node]) for s in ranking if s.node.node in noise),
+                      key=lambda s: -s.effect)
     return measured + [s for s in ranking if s.node.node not in noise]
 
 
@@ -349,10 +356,17 @@ def _output_noise(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
     return sums.noise / sums.signal if sums.signal else sums.noise
 
 
-def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
-            run: Callable[[list[str], dict[str, str]], Trial | None]) -> None:
-    """Keep the top k suspects in float (or widen them): k doubles until a trial passes, then
-    bisects down to the smallest k."""
+def _search(ranking: list[_Suspect], job: QuantizeJob, max_trials: int, widen: bool,
+            run: Callable[[list[str], dict[str, str]], Trial | None], spent: Callable[[], int]) -> None:
+    """Nodes first, then whole op types, then nodes again on top of them.
+
+    A few suspects often explain the error (an outlier channel, one bad layer): keep the top
+    1, 2, 4 out of static QDQ. When they do not, the error is spread over many nodes, usually of a
+    few cheap op types (the residual Adds, LayerNorms and Softmaxes of a transformer, quantized
+    per tensor across outlier channels): keep those op types out whole, worst first by the noise
+    their nodes cause at the outputs, but never the weighted ops (Conv, MatMul, Gemm) that make
+    the speed. Then rank by rank among the remaining suspects, on top of the op types kept.
+    """
     reasons: dict[str, str] = {}
     for rank, suspect in enumerate(ranking, 1):
         n = suspect.node
@@ -361,19 +375,68 @@ def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
         for other in suspect.group[1:]:
             reasons.setdefault(other, f"kept out of static QDQ by the accuracy search: writes an input whose "
                                       f"quantization makes most of the error of {n.node} (rank {rank})")
+    if _bisect(ranking, [], reasons, max_trials, widen, run, spent, limit=FIRST_NODES):
+        return
+    base: list[str] = []
+    kept_types: set[str] = set()
+    for op_type, share in _noisy_op_types(ranking):
+        if spent() >= max_trials:
+            return
+        kept_types.add(op_type)
+        nodes = [c.name for c in job.plan.candidates
+                 if c.op_type == op_type and not c.graph and c.name not in job.plan.excluded]
+        for name in nodes:
+            reasons[name] = (f"kept out of static QDQ by the accuracy search with every {op_type}: their nodes cause "
+                             f"{share:.0%} of the output noise measured")
+        trial = run([*base, *nodes], reasons)
+        if trial is None:  # nothing would be left quantized
+            kept_types.discard(op_type)
+            continue
+        base += nodes
+        if trial.passed:
+            return
+    rest = [s for s in ranking if s.node.op_type not in kept_types]
+    _bisect(rest, base, reasons, max_trials, widen, run, spent)
+
+
+def _noisy_op_types(ranking: list[_Suspect]) -> list[tuple[str, float]]:
+    """Op types other than the weighted ones, by the share of the measured output noise their nodes
+    cause, worst first; only those above TYPE_SHARE, and only when more than one node is measured."""
+    from qconvert.quantize import WEIGHTED_OPS
+
+    measured = [s for s in ranking if not math.isnan(s.effect)]
+    total = sum(s.effect for s in measured)
+    if total <= 0:
+        return []
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for s in measured:
+        sums[s.node.op_type] = sums.get(s.node.op_type, 0.0) + s.effect
+        counts[s.node.op_type] = counts.get(s.node.op_type, 0) + 1
+    return sorted(((t, v / total) for t, v in sums.items()
+                   if t not in WEIGHTED_OPS and counts[t] > 1 and v / total >= TYPE_SHARE), key=lambda tv: -tv[1])
+
+
+def _bisect(ranking: list[_Suspect], base: list[str], reasons: dict[str, str], max_trials: int, widen: bool,
+            run: Callable[[list[str], dict[str, str]], Trial | None], spent: Callable[[], int],
+            limit: int | None = None) -> bool:
+    """Keep `base` and the top k suspects out of static QDQ (in float, or widened): k doubles until
+    a trial passes (or passes `limit`), then bisects down to the smallest k. Returns whether a
+    trial passed."""
 
     def nodes(k: int) -> list[str]:
         chosen = ranking[:k]
-        return [s.node.node for s in chosen] if widen else list(dict.fromkeys(m for s in chosen for m in s.group))
+        picked = [s.node.node for s in chosen] if widen else [m for s in chosen for m in s.group]
+        return list(dict.fromkeys([*base, *picked]))
 
-    # Keeping every ranked node in float would leave nothing quantized: stop one short of that.
+    # Keeping every ranked node out would leave nothing quantized: stop one short of that.
     top = max(len(ranking) - (0 if widen else 1), 0)
-    trials = 1
+    if limit is not None:
+        top = min(top, limit)
     failing, passing = 0, None
     k = 1
-    while passing is None and failing < top and trials < max_trials:
+    while passing is None and failing < top and spent() < max_trials:
         k = min(k, top)
-        trials += 1
         trial = run(nodes(k), reasons)
         if trial is None:  # nothing would be left quantized: search between the last miss and here
             top = k - 1
@@ -384,14 +447,14 @@ def _bisect(ranking: list[_Suspect], max_trials: int, widen: bool,
         else:
             failing = k
         k *= 2
-    while passing is not None and passing - failing > 1 and trials < max_trials:
+    while passing is not None and passing - failing > 1 and spent() < max_trials:
         mid = (failing + passing) // 2
-        trials += 1
         trial = run(nodes(mid), reasons)
         if trial is not None and trial.passed:
             passing = mid
         else:
             failing = mid
+    return passing is not None
 
 
 def _kept(names: list[str], ranking: list[_Suspect], job: QuantizeJob) -> list[KeptNode]:
@@ -404,7 +467,7 @@ def _kept(names: list[str], ranking: list[_Suspect], job: QuantizeJob) -> list[K
             found.setdefault(name, KeptNode(name, op_types.get(name, "?"), rank,
                                             own.own_sqnr_db if own else math.nan,
                                             own.total_sqnr_db if own else math.nan))
-    return [found[name] for name in names if name in found]
+    return [found.get(name) or KeptNode(name, op_types.get(name, "?"), None, math.nan, math.nan) for name in names]
 
 
 def _time_trials(fp32: Path, paths: list[Path], trials: list[Trial], result: SearchResult, search: SearchConfig,

@@ -273,6 +273,27 @@ def residual_block(seed: int = 0) -> onnx.ModelProto:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])], inits)
 
 
+def residual_stack(seed: int = 0, blocks: int = 8) -> onnx.ModelProto:
+    """A residual stream with two outlier channels 100 times larger than the rest, to which
+    `blocks` MatMuls of the input add in turn (x → MatMul → Add stream), read out by a MatMul that
+    ignores the outliers: every quantized Add rounds the stream's small channels per tensor once
+    more, so the error is spread evenly over the Adds and no few nodes explain it."""
+    rng = np.random.default_rng(seed)
+    w0 = _weights(rng, 16, 16)
+    w0[:, :2] *= 100.0
+    out = _weights(rng, 16, 8)
+    out[:2, :] *= 1e-3
+    inits = [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(out, "w_out")]
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["s0"], name="embed")]
+    for i in range(1, blocks + 1):
+        inits.append(numpy_helper.from_array(_weights(rng, 16, 16), f"w{i}"))
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"h{i}"], name=f"block{i}"),
+                  helper.make_node("Add", [f"s{i - 1}", f"h{i}"], [f"s{i}"], name=f"residual{i}")]
+    nodes.append(helper.make_node("MatMul", [f"s{blocks}", "w_out"], ["y"], name="head"))
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 8])], inits)
+
+
 def masked_scores(seed: int = 0) -> onnx.ModelProto:
     """MatMul → Add of a causal mask holding -inf (as attention exports write it) → Softmax: the
     infinite values are in a constant no quantizable op reads as a weight."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -362,8 +363,12 @@ def search_result(r: SearchResult) -> None:
                      title_justify="left")
         for column in ("rank", "node", "op", "own SQNR dB", "total SQNR dB"):
             kept.add_column(column, justify="left" if column in ("node", "op") else "right", overflow="fold")
+        whole = Counter(k.op_type for k in r.kept if k.rank is None)  # kept with their op type: one row each
+        for op_type, count in sorted(whole.items()):
+            kept.add_row("type", f"every {escape(op_type)} ({count} node(s))", op_type, "", "")
         for k in r.kept:
-            kept.add_row(str(k.rank), escape(k.node), k.op_type, _db(k.own_sqnr_db), _db(k.total_sqnr_db))
+            if k.rank is not None:
+                kept.add_row(str(k.rank), escape(k.node), k.op_type, _db(k.own_sqnr_db), _db(k.total_sqnr_db))
         out.print(kept)
     if not r.met:
         err.print("[bold red]the accuracy search did not reach the target[/] within its trials: the closest model "

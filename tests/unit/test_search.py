@@ -14,6 +14,7 @@ from qconvert.errors import UsageError
 from qconvert.presets import expand
 from qconvert.search import SearchConfig, search_quantize
 from qconvert.validate import Gates
+from tests import models
 from tests.conftest import SAMPLES
 
 
@@ -122,3 +123,21 @@ def test_sensitive_nodes_quantized_dynamically_on_the_cpu(tmp_path: Path) -> Non
     assert kept - set(skipped)  # kept out of QDQ, yet quantized (dynamically)
     for name in kept & set(skipped):  # what dynamic quantization cannot take stays float, and says why
         assert "left in float: MatMul without a constant weight" in skipped[name]
+
+
+def test_error_spread_over_an_op_type_keeps_that_type_whole(tmp_path: Path) -> None:
+    model = models.save(models.residual_stack(), tmp_path / "stack.onnx")
+    calib = models.write_npz(models.residual_stack(), tmp_path / "calib.npz", samples=16, seed=1)
+    evaluation = models.write_npz(models.residual_stack(), tmp_path / "eval.npz", samples=16, seed=2)
+    quantized, checked, result = _search(model, calib, evaluation, tmp_path / "q.onnx", min_cosine=0.999)
+    assert result.met and checked.passed
+    first = result.trials[1:4]  # a few suspects at a time (k = 1, 2, 4) do not explain a spread error
+    assert [t.passed for t in first] == [False, False, False]
+    adds = {f"residual{i}" for i in range(1, 9)}
+    whole = next(t for t in result.trials if set(t.kept) == adds)  # then every Add at once
+    assert not whole.passed and whole.worst_cosine > max(t.worst_cosine for t in first)
+    kept = {k.node for k in result.kept}
+    assert adds <= kept and len(kept) < len(adds) + 3  # the Adds and a node or two on top
+    reasons = {s.name: s.reason for s in quantized.skipped}
+    assert all("with every Add" in reasons[a] for a in adds)
+    assert sum(s.op_type == "MatMul" for s in quantized.skipped) <= 2  # the MatMuls stay quantized
