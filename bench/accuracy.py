@@ -7,8 +7,10 @@
    mean over sentences; latency: every model run over the same 50 sentences, interleaved, one
    thread, median of rounds, ratio to FP32.
    Goals: dynamic >= 0.99 at >= 2.0x by default; static >= 0.99 at >= 1.5x found by the accuracy
-   search on its own; and a path to >= 1.8x: the search with `sensitive=dynamic` quantizes the
-   nodes it takes out of static QDQ dynamically instead of leaving them in float (CPU only).
+   search on its own (static-search: from onnxruntime's defaults, no preset); and a path to >= 1.8x
+   static: the transformer preset (weight MatMuls, SmoothQuant, MatMul outputs left float), or the
+   search with `sensitive=dynamic`, which quantizes the nodes it takes out of static QDQ
+   dynamically instead of leaving them in float (CPU only).
 2. The sample models: top-1 drop <= 0.5 points (static and dynamic, defaults).
 3. Calibration peak memory, each run in a fresh process on MiniLM: 256 samples vs 16, for minmax,
    entropy and percentile (goal <= 1.15x), beside onnxruntime's own calibrator for scale.
