@@ -243,6 +243,10 @@ def model_nbytes(model: onnx.ModelProto) -> int:
 
 
 def is_same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name one file: the same path once resolved (existing or not), or the
+    same existing file through a symlink or a hard link."""
+    if a.resolve() == b.resolve():
+        return True
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:
@@ -254,7 +258,7 @@ def check_output_path(output: Path, *, inputs: tuple[Path, ...], force: bool) ->
     if output.exists() and output.is_dir():
         raise OutputError(f"output is a folder: {output}", hint="give a file name ending in .onnx")
     for src in inputs:
-        if output.resolve() == src.resolve() or is_same_file(output, src):
+        if is_same_file(output, src):
             raise OutputError(f"output {output} is the input model {src}",
                               hint="write to a new file; qconvert never modifies its input")
     ours = [p.name for p in output.parent.glob(f"{glob.escape(output.name)}*.data") if _is_sidecar_of(output, p.name)]

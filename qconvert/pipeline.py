@@ -172,7 +172,7 @@ def check_report_path(path: Path, *, inputs: Iterable[Path] = ()) -> None:
         raise OutputError(f"cannot write the report {path}: its folder does not exist",
                           hint="create the folder first, or write the report elsewhere")
     for src in inputs:
-        if path.resolve() == src.resolve() or is_same_file(path, src):
+        if is_same_file(path, src):
             raise OutputError(f"the report {path} would replace {src}, which this run reads or writes",
                               hint="write the report to a file of its own; qconvert never modifies its inputs")
 

@@ -539,6 +539,7 @@ def _float_outputs(path: Path, plan_: Plan) -> int:
     outputs = {o.name for o in graph.output}
     # Subgraph bodies may read a main-graph tensor by name: such a tensor keeps its Q/DQ.
     pinned = {i for gn in iter_nodes(graph) if gn.in_subgraph for i in gn.node.input}
+    fixed = pinned | outputs  # names the tensor between the op and its Q, or the Q's output, may not have
     dropped: list[onnx.NodeProto] = []
     freed = 0
     for node in graph.node:
@@ -546,8 +547,8 @@ def _float_outputs(path: Path, plan_: Plan) -> int:
             continue
         for index, tensor in enumerate(node.output):
             qs = readers.get(tensor, [])
-            if (tensor in pinned | outputs or len(qs) != 1 or qs[0].op_type != "QuantizeLinear"
-                    or qs[0].output[0] in pinned | outputs):
+            if (tensor in fixed or len(qs) != 1 or qs[0].op_type != "QuantizeLinear"
+                    or qs[0].output[0] in fixed):
                 continue
             dqs = readers.get(qs[0].output[0], [])
             finals = [d.output[0] for d in dqs]

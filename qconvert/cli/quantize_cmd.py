@@ -211,7 +211,7 @@ def quantize(
         return
     jobs_ = batch_jobs(template, models, batch=True)
     reports = _report_paths(report, jobs_, options.files_besides(ctx, "report")) if report is not None else []
-    per_model = len(reports) > 0 and "{stem}" in str(report)
+    per_model = report is not None and "{stem}" in str(report)
     batch = run_batch(jobs_, workers=jobs, on_done=render.batch_item)
     if per_model:
         for path, item in zip(reports, batch.items, strict=True):
