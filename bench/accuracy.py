@@ -39,9 +39,9 @@ sys.path.insert(0, str(REPO))
 
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize  # noqa: E402
 from qconvert.config import Sensitive  # noqa: E402
+from qconvert.measurement.validation import Gates, ValidateConfig, validate  # noqa: E402
 from qconvert.presets import expand  # noqa: E402
-from qconvert.search import SearchConfig, search_quantize  # noqa: E402
-from qconvert.validate import Gates, ValidateConfig, validate  # noqa: E402
+from qconvert.workflows.search import SearchConfig, search_quantize  # noqa: E402
 
 
 def _cosine(fp32: Path, quant: Path, data: DataConfig) -> float:
@@ -143,11 +143,11 @@ model, folder, samples, method, engine = sys.argv[1], sys.argv[2], int(sys.argv[
 data = open_data(DataConfig(folder, max_samples=samples), input_specs(load_model(model).proto))
 with tempfile.TemporaryDirectory() as work:
     if engine == "qconvert":
-        from qconvert.ranges import calibrate
+        from qconvert.quantization.ranges import calibrate
         calibrate(Path(model), data, [], Path(work), method=CalibrationMethod(method))
     else:
         from onnxruntime.quantization.calibrate import CalibrationMethod as M, create_calibrator
-        from qconvert.quantize import _Reader
+        from qconvert.quantization.job import _Reader
         ort = {"minmax": M.MinMax, "entropy": M.Entropy, "percentile": M.Percentile}[method]
         c = create_calibrator(model, [], augmented_model_path=work + "/a.onnx", calibrate_method=ort)
         c.collect_data(_Reader(data))

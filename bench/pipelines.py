@@ -27,8 +27,8 @@ SAMPLES = REPO / "sample_models"
 sys.path.insert(0, str(REPO))
 
 from qconvert import DataConfig, PipelineJob, run_batch, run_job  # noqa: E402
-from qconvert.benchmark import BenchmarkConfig  # noqa: E402
-from qconvert.validate import Gates  # noqa: E402
+from qconvert.measurement.benchmarking import BenchmarkConfig  # noqa: E402
+from qconvert.measurement.validation import Gates  # noqa: E402
 
 
 def _job(model: Path, out: Path) -> PipelineJob:
@@ -73,10 +73,10 @@ def bars(work: Path, rounds: int) -> None:
     from rich.console import Console
 
     from qconvert import progress
-    from qconvert.benchmark import batch_feeds, benchmark
     from qconvert.calibration import open_data
     from qconvert.cli import render
-    from qconvert.model import input_specs, load_model
+    from qconvert.measurement.benchmarking import batch_feeds, benchmark
+    from qconvert.model.loading import input_specs, load_model
 
     quant = work / "cnn.q.onnx"
     run_job(replace(_job(SAMPLES / "digits_cnn.onnx", quant), evaluation=None, benchmark=None))
@@ -97,7 +97,7 @@ def bars(work: Path, rounds: int) -> None:
 
 
 def report(work: Path) -> None:
-    from qconvert.report_html import render_html
+    from qconvert.report.html import render_html
 
     result = run_job(replace(_job(SAMPLES / "digits_cnn.onnx", work / "r.q.onnx"), analyze=True))
     payload = result.report()

@@ -5,15 +5,15 @@ The library is the product; the `qconvert` command line is a thin layer over the
 
 from __future__ import annotations
 
-from qconvert.batch import BatchResult, run_batch
 from qconvert.calibration import CalibrationData, open_data
 from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Layout, Mode, QuantizeConfig, WeightType
-from qconvert.describe import describe
 from qconvert.errors import ExitCode, QconvertError
-from qconvert.model import LoadedModel, TensorSpec, input_specs, load_model, output_specs
-from qconvert.pipeline import PipelineJob, PipelineResult, run_job
-from qconvert.quantize import quantize
+from qconvert.model.description import describe
+from qconvert.model.loading import LoadedModel, TensorSpec, input_specs, load_model, output_specs
+from qconvert.quantization.job import quantize
 from qconvert.results import InspectResult, QuantizeResult
+from qconvert.workflows.batch import BatchResult, run_batch
+from qconvert.workflows.pipeline import PipelineJob, PipelineResult, run_job
 
 __version__ = "0.1.0"
 

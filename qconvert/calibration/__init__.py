@@ -14,7 +14,7 @@ from qconvert.calibration.synthetic import DEFAULT_SYNTHETIC_SAMPLES, synthetic_
 from qconvert.calibration.testdata import onnx_test_data, test_data_sets
 from qconvert.config import DataConfig
 from qconvert.errors import DataError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 __all__ = ["CalibrationData", "Sample", "open_data", "sample_mismatches"]
 

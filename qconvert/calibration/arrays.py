@@ -10,7 +10,7 @@ import numpy as np
 from qconvert.calibration.base import Sample
 from qconvert.calibration.npyfile import load_npy, read_npz
 from qconvert.errors import DataError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 _SAMPLES_HINT = "stack the samples along axis 0 of every array, the same number in each"
 

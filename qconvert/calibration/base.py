@@ -10,7 +10,7 @@ from itertools import islice
 import numpy as np
 
 from qconvert.errors import DataError, UsageError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 Sample = dict[str, np.ndarray]
 SampleFactory = Callable[[], Iterator[Mapping[str, object]]]

@@ -13,7 +13,7 @@ import numpy as np
 from qconvert.calibration.base import Sample
 from qconvert.config import DataConfig, Layout
 from qconvert.errors import DataError, MissingDependencyError, UsageError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # Decoders tried on those files, by content: never Pillow's others (EPS runs Ghostscript).

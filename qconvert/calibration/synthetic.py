@@ -8,7 +8,7 @@ import numpy as np
 
 from qconvert.calibration.base import Sample
 from qconvert.errors import UsageError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 DEFAULT_SYNTHETIC_SAMPLES = 8
 

@@ -16,7 +16,7 @@ import numpy as np
 from qconvert.calibration import npyfile
 from qconvert.calibration.base import Sample
 from qconvert.errors import DataError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 _HINT = "expected a TensorProto serialized by onnx (numpy_helper.from_array(...).SerializeToString())"
 # Element types packed below one byte: bits per element (raw_data) and elements per int32_data entry.

@@ -51,9 +51,9 @@ def analyze(
 ) -> None:
     """Rank the nodes of a quantized model by the error each adds on its own, worst first."""
     from qconvert import input_specs, load_model, open_data
-    from qconvert.analyze import analyze as run_analyze
     from qconvert.cli import render
-    from qconvert.pipeline import check_report_path, write_report
+    from qconvert.measurement.analysis import analyze as run_analyze
+    from qconvert.workflows.pipeline import check_report_path, write_report
 
     if report is not None:
         check_report_path(report, inputs=options.files_besides(ctx, "report"))

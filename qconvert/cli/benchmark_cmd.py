@@ -58,10 +58,10 @@ def benchmark(
 ) -> None:
     """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
-    from qconvert.benchmark import BenchmarkConfig, batch_feeds
-    from qconvert.benchmark import benchmark as run_benchmark
     from qconvert.cli import render
-    from qconvert.pipeline import check_report_path, write_report
+    from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds
+    from qconvert.measurement.benchmarking import benchmark as run_benchmark
+    from qconvert.workflows.pipeline import check_report_path, write_report
 
     if report is not None:
         check_report_path(report, inputs=options.files_besides(ctx, "report"))

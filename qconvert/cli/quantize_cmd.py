@@ -36,7 +36,7 @@ from qconvert.errors import UsageError
 from qconvert.presets import PRESETS, expand
 
 if TYPE_CHECKING:
-    from qconvert.pipeline import PipelineJob
+    from qconvert.workflows.pipeline import PipelineJob
 
 
 @command("quantize")
@@ -141,13 +141,13 @@ def quantize(
 ) -> None:
     """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate, benchmark and
     analyze it against FP32 in the same run (exit 3 when a gate fails). Several models make a batch."""
-    from qconvert.batch import batch_jobs, expand_models, run_batch
-    from qconvert.benchmark import BenchmarkConfig
     from qconvert.cli import render
-    from qconvert.pipeline import PipelineJob, check_report_path, run_job, write_report
+    from qconvert.measurement.benchmarking import BenchmarkConfig
+    from qconvert.measurement.validation import Gates
     from qconvert.providers import NODE_UNIT_PROVIDERS, alias
-    from qconvert.search import SearchConfig
-    from qconvert.validate import Gates
+    from qconvert.workflows.batch import batch_jobs, expand_models, run_batch
+    from qconvert.workflows.pipeline import PipelineJob, check_report_path, run_job, write_report
+    from qconvert.workflows.search import SearchConfig
 
     fields = {  # QuantizeConfig field: (CLI parameter, value)
         "mode": ("mode", mode), "activations": ("activations", activations), "weights": ("weights", weights),
@@ -227,8 +227,8 @@ def quantize(
 def _report_paths(report: Path, jobs: list[PipelineJob], besides: tuple[Path, ...]) -> list[Path]:
     """The batch's report files, checked before any work: one per model when the name has {stem}
     (in the models' order), else one for the batch. Their folders are made like the outputs'."""
-    from qconvert.batch import output_for
-    from qconvert.pipeline import check_report_path
+    from qconvert.workflows.batch import output_for
+    from qconvert.workflows.pipeline import check_report_path
 
     paths = [output_for(j.model, report, batch=True) for j in jobs] if "{stem}" in str(report) else [report]
     for path in paths:

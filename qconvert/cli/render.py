@@ -36,11 +36,11 @@ from qconvert.results import (
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from qconvert.batch import BatchItem, BatchResult
-    from qconvert.pipeline import PipelineResult
     from qconvert.presets import Preset
     from qconvert.providers import Placement, ProviderInfo
-    from qconvert.search import SearchResult, Trial
+    from qconvert.workflows.batch import BatchItem, BatchResult
+    from qconvert.workflows.pipeline import PipelineResult
+    from qconvert.workflows.search import SearchResult, Trial
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

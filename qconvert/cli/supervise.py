@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconvert.errors import EnvironmentFailure, ExitCode, QconvertError, RuntimeFailure, UsageError
-from qconvert.model import TEMP_LOG_ENV, remove_temporary
+from qconvert.model.loading import TEMP_LOG_ENV, remove_temporary
 from qconvert.runtime import die_with_parent
 
 GRACE_SECONDS = 1.0  # a forwarded Ctrl-C lets the worker unwind this long before it is killed

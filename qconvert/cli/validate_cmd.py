@@ -58,9 +58,9 @@ def validate(
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.cli import render
-    from qconvert.pipeline import check_report_path, write_report
-    from qconvert.validate import Gates, ValidateConfig
-    from qconvert.validate import validate as run_validate
+    from qconvert.measurement.validation import Gates, ValidateConfig
+    from qconvert.measurement.validation import validate as run_validate
+    from qconvert.workflows.pipeline import check_report_path, write_report
 
     if report is not None:
         check_report_path(report, inputs=options.files_besides(ctx, "report"))

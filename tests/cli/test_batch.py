@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from qconvert.batch import BATCH_SUFFIX, expand_models, output_for
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode, ModelError, UsageError
-from qconvert.model import TEMP_SUFFIX
+from qconvert.model.loading import TEMP_SUFFIX
+from qconvert.workflows.batch import BATCH_SUFFIX, expand_models, output_for
 from tests import models
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize
-from qconvert.analyze import analyze
 from qconvert.errors import ModelError
+from qconvert.measurement.analysis import analyze
 from tests import models
 from tests.conftest import SAMPLES
 

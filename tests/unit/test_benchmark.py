@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from qconvert import DataConfig, input_specs, load_model, open_data, quantize
-from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.errors import ModelError, UsageError
+from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
 
 
 def _feeds(model: Path, batch: int = 1) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from PIL import Image
 from qconvert.calibration import CalibrationData, open_data, sample_mismatches
 from qconvert.config import DataConfig, Layout
 from qconvert.errors import DataError, UsageError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 F32 = np.dtype(np.float32)
 I64 = np.dtype(np.int64)

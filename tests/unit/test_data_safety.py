@@ -21,7 +21,7 @@ from qconvert.calibration import CalibrationData, npyfile, open_data
 from qconvert.calibration.testdata import read_tensor
 from qconvert.config import DataConfig
 from qconvert.errors import DataError
-from qconvert.model import TensorSpec
+from qconvert.model.loading import TensorSpec
 
 MAGIC = b"\x93NUMPY"
 F32 = np.dtype(np.float32)

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qconvert.errors import ModelError
-from qconvert.model import LoadedModel, load_model
+from qconvert.model.loading import LoadedModel, load_model
 from tests import models
 
 SEEDS = [

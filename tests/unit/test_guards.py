@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.errors import ExitCode, RuntimeFailure
-from qconvert.quantize import _check_scales, _reads_calibration_cache
+from qconvert.quantization.job import _check_scales, _reads_calibration_cache
 from tests import models
 from tests.corpus import refused
 
@@ -62,8 +62,8 @@ def test_an_interrupt_while_a_temporary_is_made_leaves_nothing(kind: str, tmp_pa
     import signal
     from pathlib import Path as RealPath
 
-    from qconvert import model
-    from qconvert.model import staging_dir, write_atomically
+    from qconvert.model import loading as model
+    from qconvert.model.loading import staging_dir, write_atomically
 
     if kind == "folder":
         real_mkdir = RealPath.mkdir

@@ -1,4 +1,4 @@
-"""qconvert's own model checks (qconvert.sanity) and external-data validation (qconvert.external),
+"""qconvert's own model checks (qconvert.model.checks) and external-data validation (qconvert.model.external),
 through the library: what they refuse, what they must keep accepting, and how they read."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qconvert import external, sanity
 from qconvert.errors import ModelError
-from qconvert.model import check_model_file, load_model
+from qconvert.model import checks as sanity
+from qconvert.model import external
+from qconvert.model.loading import check_model_file, load_model
 from tests import models
 
 

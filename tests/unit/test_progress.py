@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from qconvert import DataConfig, PipelineJob, QuantizeConfig, input_specs, load_model, open_data, progress, quantize
-from qconvert.analyze import analyze
-from qconvert.batch import run_batch
-from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration.npyfile import npz_length
 from qconvert.config import CalibrationMethod
-from qconvert.quantize import _reads_calibration_cache
-from qconvert.search import SearchConfig, search_quantize
-from qconvert.validate import Gates, validate
+from qconvert.measurement.analysis import analyze
+from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.validation import Gates, validate
+from qconvert.quantization.job import _reads_calibration_cache
+from qconvert.workflows.batch import run_batch
+from qconvert.workflows.search import SearchConfig, search_quantize
 from tests import models
 
 

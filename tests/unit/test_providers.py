@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data, quantize
-from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.errors import ExitCode, ModelError
+from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.validation import Gates, ValidateConfig, validate
 from qconvert.providers import EPConfig, ProviderUnavailableError, create_session, list_providers, placement, resolve
-from qconvert.validate import Gates, ValidateConfig, validate
 from tests.conftest import SAMPLES
 
 CNN = SAMPLES / "digits_cnn.onnx"

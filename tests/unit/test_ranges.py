@@ -10,8 +10,8 @@ import pytest
 from qconvert import DataConfig, input_specs, load_model, open_data
 from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
-from qconvert.quantize import _Reader
-from qconvert.ranges import calibrate
+from qconvert.quantization.job import _Reader
+from qconvert.quantization.ranges import calibrate
 from tests import models
 from tests.conftest import SAMPLES
 
@@ -74,7 +74,7 @@ def test_exposing_a_model_leaves_it_as_it_was(tmp_path: Path, external: bool) ->
     from onnx import numpy_helper
     from onnx.external_data_helper import uses_external_data
 
-    from qconvert.ranges import exposing_session
+    from qconvert.quantization.ranges import exposing_session
 
     model = models.outlier_mlp()
     weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

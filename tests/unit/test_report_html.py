@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode
-from qconvert.report_html import render_html
+from qconvert.report.html import render_html
 from tests.conftest import SAMPLES
 
 runner = CliRunner()

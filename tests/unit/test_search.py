@@ -11,9 +11,9 @@ from onnxruntime import __version__ as ort_version
 from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data
 from qconvert.config import CalibrationMethod, Sensitive, Target
 from qconvert.errors import UsageError
+from qconvert.measurement.validation import Gates
 from qconvert.presets import expand
-from qconvert.search import SearchConfig, search_quantize
-from qconvert.validate import Gates
+from qconvert.workflows.search import SearchConfig, search_quantize
 from tests import models
 from tests.conftest import SAMPLES
 

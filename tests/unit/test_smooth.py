@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize
 from qconvert.errors import UsageError
-from qconvert.prepare import save_with_sidecar
-from qconvert.smooth import smooth
+from qconvert.quantization.preparation import save_with_sidecar
+from qconvert.quantization.smoothing import smooth
 from tests import models
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from qconvert import DataConfig, input_specs, load_model, open_data, quantize
 from qconvert.errors import DataError, GateFailedError, ModelError, UsageError
-from qconvert.validate import Gates, ValidateConfig, cosine, validate
+from qconvert.measurement.validation import Gates, ValidateConfig, cosine, validate
 from tests import models
 from tests.conftest import SAMPLES
 

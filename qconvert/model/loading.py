@@ -22,7 +22,7 @@ from qconvert.errors import ModelError, OutputError, out_of_space
 if TYPE_CHECKING:
     import onnx
 
-    from qconvert.external import ExternalPlan
+    from qconvert.model.external import ExternalPlan
 
 # Protobuf cannot serialize a message of 2 GiB or more; past this, weights go to a sidecar file.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -64,7 +64,7 @@ class LoadedModel:
         """An independent copy of the model with every weight in memory, read from the checked sidecars."""
         import onnx
 
-        from qconvert.sanity import tensor_sites
+        from qconvert.model.checks import tensor_sites
 
         copy = onnx.ModelProto()
         copy.CopyFrom(self.proto)
@@ -110,14 +110,14 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 def check_model_file(path: str | os.PathLike[str]) -> None:
     """Refuse a model file before it is handed to onnxruntime (which reads it, and its external
     data, by itself), without keeping its weights: what `load_model` checks, external tensors
-    streamed in chunks (see `qconvert.sanity` and `qconvert.external`)."""
+    streamed in chunks (see `qconvert.model.checks` and `qconvert.model.external`)."""
     _checked(Path(path))
 
 
 def _checked(p: Path) -> tuple[onnx.ModelProto, ExternalPlan, int]:
     """The parsed model, its validated external-data plan and its size with its sidecars."""
-    from qconvert import sanity
-    from qconvert.external import plan_external_data
+    from qconvert.model import checks as sanity
+    from qconvert.model.external import plan_external_data
 
     proto = _parse(p)
     sanity.check_structure(proto, p)
@@ -231,7 +231,7 @@ def tensor_numel(tensor: onnx.TensorProto) -> int:
 def tensor_nbytes(tensor: onnx.TensorProto) -> int:
     """Bytes a tensor's data takes, without materialising it (a byte per element when the type has
     no fixed size, such as strings)."""
-    from qconvert.external import expected_bytes
+    from qconvert.model.external import expected_bytes
 
     need = expected_bytes(tensor)
     return tensor_numel(tensor) if need is None else need

@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert import progress
-from qconvert.analyze import ErrorSums, analyze
-from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.model import (
+from qconvert.measurement.analysis import ErrorSums, analyze
+from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.validation import Gates, ValidateConfig, validate
+from qconvert.model.loading import (
     PROTOBUF_LIMIT,
     LoadedModel,
     TensorSpec,
@@ -42,10 +43,9 @@ from qconvert.model import (
     move_into_place,
     staging_dir,
 )
-from qconvert.quantize import QuantizeJob
+from qconvert.quantization.job import QuantizeJob
 from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
 from qconvert.runtime import quiet_onnxruntime
-from qconvert.validate import Gates, ValidateConfig, validate
 
 if TYPE_CHECKING:
     import onnx
@@ -402,7 +402,7 @@ def _search(ranking: list[_Suspect], job: QuantizeJob, max_trials: int, widen: b
 def _noisy_op_types(ranking: list[_Suspect]) -> list[tuple[str, float]]:
     """Op types other than the weighted ones, by the share of the measured output noise their nodes
     cause, worst first; only those above TYPE_SHARE, and only when more than one node is measured."""
-    from qconvert.quantize import WEIGHTED_OPS
+    from qconvert.quantization.job import WEIGHTED_OPS
 
     measured = [s for s in ranking if not math.isnan(s.effect)]
     total = sum(s.effect for s in measured)

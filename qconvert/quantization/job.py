@@ -19,7 +19,7 @@ from qconvert import progress
 from qconvert.calibration import CalibrationData
 from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
 from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, RuntimeFailure, UsageError
-from qconvert.model import (
+from qconvert.model.loading import (
     PROTOBUF_LIMIT,
     LoadedModel,
     all_initializers,
@@ -32,11 +32,11 @@ from qconvert.model import (
     move_into_place,
     staging_dir,
 )
-from qconvert.prepare import prepare
-from qconvert.ranges import Calibration, calibrate
+from qconvert.quantization.preparation import prepare
+from qconvert.quantization.ranges import Calibration, calibrate
+from qconvert.quantization.smoothing import smooth
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 from qconvert.runtime import first_line, quiet_onnxruntime
-from qconvert.smooth import smooth
 
 if TYPE_CHECKING:
     import onnx

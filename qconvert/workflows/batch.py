@@ -32,10 +32,10 @@ from qconvert.errors import (
     UsageError,
     from_system_error,
 )
-from qconvert.model import TEMP_LOG_ENV, scratch_dir
-from qconvert.pipeline import PipelineJob
+from qconvert.model.loading import TEMP_LOG_ENV, scratch_dir
 from qconvert.results import SCHEMA_VERSION, versions
 from qconvert.runtime import die_with_parent
+from qconvert.workflows.pipeline import PipelineJob
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
 
 def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     """A worker: run one job and write what came of it to `result_file` (the exit code says the rest)."""
-    from qconvert.pipeline import run_job
+    from qconvert.workflows.pipeline import run_job
 
     die_with_parent()
     os.environ.pop(TEMP_LOG_ENV, None)  # the supervisor's pipe is not this process's

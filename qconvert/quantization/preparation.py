@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.errors import UsageError
-from qconvert.model import PROTOBUF_LIMIT, model_nbytes
+from qconvert.model.loading import PROTOBUF_LIMIT, model_nbytes
 
 if TYPE_CHECKING:
     import onnx

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from qconvert.config import Mode
-from qconvert.model import (
+from qconvert.model.loading import (
     LoadedModel,
     all_initializers,
     input_specs,
@@ -16,7 +16,7 @@ from qconvert.model import (
     tensor_nbytes,
     tensor_numel,
 )
-from qconvert.quantize import candidate_op_types, quantization_kinds
+from qconvert.quantization.job import candidate_op_types, quantization_kinds
 from qconvert.results import InspectResult
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.errors import DataError, ModelError, UsageError
-from qconvert.model import check_model_file
+from qconvert.model.loading import check_model_file
 from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
 from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
 from qconvert.runtime import first_line, quiet_onnxruntime, signature

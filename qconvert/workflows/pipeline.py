@@ -2,7 +2,7 @@
 
 Each step is the public function of its own module; this only chains them and decides what the
 benchmark runs on (the evaluation data's first batch, else synthetic inputs). A `PipelineJob` is
-the whole configuration of one model's run: frozen and picklable, so a batch (`qconvert.batch`)
+the whole configuration of one model's run: frozen and picklable, so a batch (`qconvert.workflows.batch`)
 can run it in a worker process.
 """
 
@@ -14,14 +14,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qconvert.analyze import analyze
-from qconvert.benchmark import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, QuantizeConfig
 from qconvert.errors import OutputError, UsageError
-from qconvert.model import LoadedModel, input_specs, is_same_file, load_model, write_output
+from qconvert.measurement.analysis import analyze
+from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.validation import Gates, ValidateConfig, validate
+from qconvert.model.loading import LoadedModel, input_specs, is_same_file, load_model, write_output
 from qconvert.providers import EPConfig
-from qconvert.quantize import quantize
+from qconvert.quantization.job import quantize
 from qconvert.results import (
     SCHEMA_VERSION,
     AnalyzeResult,
@@ -31,8 +32,7 @@ from qconvert.results import (
     ValidateResult,
     versions,
 )
-from qconvert.search import SearchConfig, SearchResult, Trial, search_quantize
-from qconvert.validate import Gates, ValidateConfig, validate
+from qconvert.workflows.search import SearchConfig, SearchResult, Trial, search_quantize
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
@@ -182,7 +182,7 @@ def write_report(payload: dict[str, object], path: str | Path) -> None:
     ends in .html or .htm, else JSON."""
     target = Path(path)
     if target.suffix.lower() in (".html", ".htm"):
-        from qconvert.report_html import render_html
+        from qconvert.report.html import render_html
 
         text = render_html(payload)
     else:

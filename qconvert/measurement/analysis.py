@@ -27,8 +27,8 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.errors import DataError, ModelError
-from qconvert.model import check_model_file, load_model, scratch_dir
-from qconvert.ranges import exposing_session
+from qconvert.model.loading import check_model_file, load_model, scratch_dir
+from qconvert.quantization.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
 from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
@@ -272,7 +272,7 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
     by another tool from this very file), or prepared the way `qconvert quantize` prepares it."""
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    from qconvert.prepare import prepare
+    from qconvert.quantization.preparation import prepare
 
     candidates = [("as given", path)]
     if prepare_it:

@@ -17,7 +17,7 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.errors import DataError, ModelError, UsageError
-from qconvert.model import check_model_file
+from qconvert.model.loading import check_model_file
 from qconvert.providers import EPConfig, create_session, placement, resolve
 from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
 from qconvert.runtime import first_line, quiet_onnxruntime, signature

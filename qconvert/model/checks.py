@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert.errors import ModelError
-from qconvert.external import CHUNK_BYTES, MAX_TOTAL_BYTES, ExternalPlan, element_bits, expected_bytes
+from qconvert.model.external import CHUNK_BYTES, MAX_TOTAL_BYTES, ExternalPlan, element_bits, expected_bytes
 
 if TYPE_CHECKING:
     import onnx

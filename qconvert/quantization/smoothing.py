@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from qconvert.ranges import channel_absmax
+from qconvert.quantization.ranges import channel_absmax
 
 if TYPE_CHECKING:
     import onnx
@@ -86,7 +86,7 @@ def smooth(model_path: Path, data: CalibrationData, work: Path, *, alpha: float 
     import onnx
     from onnx import numpy_helper
 
-    from qconvert.prepare import save_with_sidecar
+    from qconvert.quantization.preparation import save_with_sidecar
 
     model = onnx.load(str(model_path))
     targets = _targets(model)
