@@ -155,7 +155,7 @@ def save(ctx: typer.Context, path: Path) -> None:
     import tomli_w
 
     from qconvert.cli.options import files_besides
-    from qconvert.model.loading import write_output
+    from qconvert.model.files import write_output
     from qconvert.workflows.pipeline import check_report_path
 
     check_report_path(path, inputs=files_besides(ctx, "save_recipe"))

@@ -10,6 +10,7 @@ The parent forks before any model is touched, forwards SIGINT/SIGTERM, gives the
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qconvert.errors import EnvironmentFailure, ExitCode, QconvertError, RuntimeFailure, UsageError
-from qconvert.model.loading import TEMP_LOG_ENV, remove_temporary
+from qconvert.model.files import record_temporaries, remove_temporary
 from qconvert.runtime import die_with_parent
 
 GRACE_SECONDS = 1.0  # a forwarded Ctrl-C lets the worker unwind this long before it is killed
@@ -83,7 +84,7 @@ def _worker(body: Callable[[], int], log_fd: int) -> None:
     code: int = ExitCode.INTERNAL
     try:
         die_with_parent()
-        os.environ[TEMP_LOG_ENV] = str(log_fd)
+        record_temporaries(functools.partial(_log_temporary, log_fd))
         for s in _EXIT_FOR_SIGNAL:
             signal.signal(s, _once)
         code = body()
@@ -96,6 +97,11 @@ def _worker(body: Callable[[], int], log_fd: int) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(int(code))
+
+
+def _log_temporary(fd: int, path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{path}\n".encode())
 
 
 def _once(signum: int, _frame: object) -> None:

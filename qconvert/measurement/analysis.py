@@ -27,7 +27,8 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.errors import DataError, ModelError
-from qconvert.model.loading import check_model_file, load_model, scratch_dir
+from qconvert.model.files import scratch_dir
+from qconvert.model.loading import check_model_file, load_model
 from qconvert.quantization.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
 from qconvert.runtime import first_line, quiet_onnxruntime, signature

@@ -18,6 +18,7 @@ import numpy as np
 
 from qconvert.errors import ModelError
 from qconvert.model.external import CHUNK_BYTES, MAX_TOTAL_BYTES, ExternalPlan, element_bits, expected_bytes
+from qconvert.model.graph import iter_bodies, iter_graphs
 
 if TYPE_CHECKING:
     import onnx
@@ -55,9 +56,13 @@ class TensorSite:
 
 def tensor_sites(model: onnx.ModelProto) -> Iterator[TensorSite]:
     """Every tensor that carries data, in every graph, subgraph and local function."""
-    yield from _graph_sites(model.graph, "")
+    for graph, where in _graphs(model.graph):
+        yield from _graph_sites(graph, where)
     for function in model.functions:
-        yield from _node_sites(function.node, f"function {function.name!r}")
+        where = f"function {function.name!r}"
+        yield from _node_sites(function.node, where)
+        for graph, inner in iter_bodies(function.node, where, label=_label):
+            yield from _graph_sites(graph, inner)
 
 
 def _graph_sites(graph: onnx.GraphProto, where: str) -> Iterator[TensorSite]:
@@ -83,23 +88,16 @@ def _node_sites(nodes: Sequence[onnx.NodeProto], where: str) -> Iterator[TensorS
             if attr.HasField("sparse_tensor"):
                 yield TensorSite(attr.sparse_tensor.values, f"{label} values", "", constant, where)
                 yield TensorSite(attr.sparse_tensor.indices, f"{label} indices", "", False, where)
-            sub = f"{where}/" if where else ""
-            if attr.HasField("g"):
-                yield from _graph_sites(attr.g, f"{sub}{node.op_type} {name!r}/{attr.name}")
-            for i, g in enumerate(attr.graphs):
-                yield from _graph_sites(g, f"{sub}{node.op_type} {name!r}/{attr.name}[{i}]")
 
 
-def _graphs(graph: onnx.GraphProto, where: str = "") -> Iterator[tuple[onnx.GraphProto, str]]:
-    yield graph, where
-    for node in graph.node:
-        for attr in node.attribute:
-            sub = f"{where}/" if where else ""
-            name = node.name or (node.output[0] if node.output else "")
-            if attr.HasField("g"):
-                yield from _graphs(attr.g, f"{sub}{node.op_type} {name!r}/{attr.name}")
-            for i, g in enumerate(attr.graphs):
-                yield from _graphs(g, f"{sub}{node.op_type} {name!r}/{attr.name}[{i}]")
+def _label(node: onnx.NodeProto) -> str:
+    """How messages name a node that holds a subgraph: its type and name (or first output)."""
+    name = node.name or (node.output[0] if node.output else "")
+    return f"{node.op_type} {name!r}"
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, str]]:
+    return iter_graphs(graph, label=_label)
 
 
 def _in(where: str) -> str:

@@ -6,16 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from qconvert.config import Mode
-from qconvert.model.loading import (
-    LoadedModel,
-    all_initializers,
-    input_specs,
-    iter_nodes,
-    load_model,
-    output_specs,
-    tensor_nbytes,
-    tensor_numel,
-)
+from qconvert.model.graph import all_initializers, iter_nodes, tensor_nbytes, tensor_numel
+from qconvert.model.loading import LoadedModel, input_specs, load_model, output_specs
 from qconvert.quantization.job import candidate_op_types, quantization_kinds
 from qconvert.results import InspectResult
 

@@ -19,19 +19,9 @@ from qconvert import progress
 from qconvert.calibration import CalibrationData
 from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
 from qconvert.errors import DataError, ModelError, NothingQuantizedError, QconvertError, RuntimeFailure, UsageError
-from qconvert.model.loading import (
-    PROTOBUF_LIMIT,
-    LoadedModel,
-    all_initializers,
-    check_output_path,
-    file_nbytes,
-    has_subgraphs,
-    iter_nodes,
-    load_model,
-    model_nbytes,
-    move_into_place,
-    staging_dir,
-)
+from qconvert.model.files import check_output_path, file_nbytes, move_into_place, staging_dir
+from qconvert.model.graph import PROTOBUF_LIMIT, all_initializers, has_subgraphs, iter_graphs, iter_nodes, model_nbytes
+from qconvert.model.loading import LoadedModel, load_model
 from qconvert.quantization.preparation import prepare
 from qconvert.quantization.ranges import Calibration, calibrate
 from qconvert.quantization.smoothing import smooth
@@ -158,11 +148,10 @@ def _quantized_names(model: onnx.ModelProto) -> set[str]:
     a weighted op is quantized when its data and weight both come from DequantizeLinear, any
     other op when it reads a dequantized input and its output is quantized again.
     """
-    import onnx
 
     names: set[str] = set()
 
-    def walk(graph: onnx.GraphProto) -> None:
+    for graph, _ in iter_graphs(model.graph):
         producers = {out: n.op_type for n in graph.node for out in n.output}
         requantized = {i for n in graph.node if n.op_type == "QuantizeLinear" for i in n.input[:1]}
         for node in graph.node:
@@ -174,14 +163,6 @@ def _quantized_names(model: onnx.ModelProto) -> set[str]:
                     names.add(node.name)
             elif node.op_type not in QDQ_OPS and any(from_dq) and any(o in requantized for o in node.output):
                 names.add(node.name)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        walk(sub)
-
-    walk(model.graph)
     return names
 
 

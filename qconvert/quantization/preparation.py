@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.errors import UsageError
-from qconvert.model.loading import PROTOBUF_LIMIT, model_nbytes
+from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, model_nbytes
 
 if TYPE_CHECKING:
     import onnx
@@ -38,19 +38,6 @@ class PrepareResult:
 
     def to_dict(self) -> dict[str, object]:
         return {"passes": [p.to_dict() for p in self.passes], "warnings": list(self.warnings)}
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    import onnx
-
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
 
 
 def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:
@@ -127,7 +114,7 @@ def fold_constants(model: onnx.ModelProto) -> PassResult:
     "Expected … to be an initializer".
     """
     folded = 0
-    for graph in _graphs(model.graph):
+    for graph, _ in iter_graphs(model.graph):
         folds = dict(_folds(graph))
         for index, value in folds.items():
             tensor = graph.initializer.add()

@@ -32,7 +32,7 @@ from qconvert.errors import (
     UsageError,
     from_system_error,
 )
-from qconvert.model.loading import TEMP_LOG_ENV, scratch_dir
+from qconvert.model.files import scratch_dir
 from qconvert.results import SCHEMA_VERSION, versions
 from qconvert.runtime import die_with_parent
 from qconvert.workflows.pipeline import PipelineJob
@@ -200,7 +200,6 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     from qconvert.workflows.pipeline import run_job
 
     die_with_parent()
-    os.environ.pop(TEMP_LOG_ENV, None)  # the supervisor's pipe is not this process's
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers,
     signal.signal(signal.SIGTERM, _unwind)  # which unwind so their temporary files are removed
     os.dup2(2, 1)  # stdout belongs to the parent's results

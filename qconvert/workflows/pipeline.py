@@ -20,7 +20,8 @@ from qconvert.errors import OutputError, UsageError
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.measurement.validation import Gates, ValidateConfig, validate
-from qconvert.model.loading import LoadedModel, input_specs, is_same_file, load_model, write_output
+from qconvert.model.files import is_same_file, write_output
+from qconvert.model.loading import LoadedModel, input_specs, load_model
 from qconvert.providers import EPConfig
 from qconvert.quantization.job import quantize
 from qconvert.results import (

@@ -34,15 +34,9 @@ from qconvert.errors import ModelError, NothingQuantizedError, UsageError
 from qconvert.measurement.analysis import ErrorSums, analyze
 from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.measurement.validation import Gates, ValidateConfig, validate
-from qconvert.model.loading import (
-    PROTOBUF_LIMIT,
-    LoadedModel,
-    TensorSpec,
-    check_output_path,
-    input_specs,
-    move_into_place,
-    staging_dir,
-)
+from qconvert.model.files import check_output_path, move_into_place, staging_dir
+from qconvert.model.graph import PROTOBUF_LIMIT
+from qconvert.model.loading import LoadedModel, TensorSpec, input_specs
 from qconvert.quantization.job import QuantizeJob
 from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
 from qconvert.runtime import quiet_onnxruntime

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode, ModelError, UsageError
-from qconvert.model.loading import TEMP_SUFFIX
+from qconvert.model.files import TEMP_SUFFIX
 from qconvert.workflows.batch import BATCH_SUFFIX, expand_models, output_for
 from tests import models
 

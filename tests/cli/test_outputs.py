@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode
-from qconvert.model.loading import TEMP_SUFFIX
+from qconvert.model.files import TEMP_SUFFIX
 from tests import models
 from tests.corpus import refused, snapshot
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qconvert.errors import ExitCode
-from qconvert.model.loading import TEMP_SUFFIX, _pid_alive
+from qconvert.model.files import TEMP_SUFFIX, _pid_alive
 from tests import models
 from tests.corpus import snapshot
 

@@ -62,8 +62,8 @@ def test_an_interrupt_while_a_temporary_is_made_leaves_nothing(kind: str, tmp_pa
     import signal
     from pathlib import Path as RealPath
 
-    from qconvert.model import loading as model
-    from qconvert.model.loading import staging_dir, write_atomically
+    from qconvert.model import files as model
+    from qconvert.model.files import staging_dir, write_atomically
 
     if kind == "folder":
         real_mkdir = RealPath.mkdir
