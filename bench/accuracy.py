@@ -147,7 +147,7 @@ with tempfile.TemporaryDirectory() as work:
         calibrate(Path(model), data, [], Path(work), method=CalibrationMethod(method))
     else:
         from onnxruntime.quantization.calibrate import CalibrationMethod as M, create_calibrator
-        from qconvert.quantization.job import _Reader
+        from qconvert.quantization.adapter import CalibrationReader as _Reader
         ort = {"minmax": M.MinMax, "entropy": M.Entropy, "percentile": M.Percentile}[method]
         c = create_calibrator(model, [], augmented_model_path=work + "/a.onnx", calibrate_method=ort)
         c.collect_data(_Reader(data))

@@ -108,3 +108,9 @@ def from_system_error(exc: MemoryError | OSError) -> EnvironmentFailure:
 def out_of_space(exc: OSError) -> bool:
     """A full disk or an exhausted quota: the environment's failure (exit 4), whatever was being written."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's run to many), or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

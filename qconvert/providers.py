@@ -9,17 +9,55 @@ packages onnxruntime publishes) is registered with `onnxruntime.register_executi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import logging
+import os
 import pkgutil
+import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from qconvert.errors import EnvironmentFailure, ModelError, UsageError
-from qconvert.runtime import first_line, onnxruntime_distribution
+from qconvert.errors import EnvironmentFailure, ModelError, UsageError, first_line
+from qconvert.results import onnxruntime_distribution
+
+
+@contextlib.contextmanager
+def quiet_onnxruntime() -> Iterator[None]:
+    """Send everything printed to stdout while onnxruntime works to stderr, at the file-descriptor
+    level too (its calibrators `print`, some native banners write to fd 1), and silence the
+    advice onnxruntime's quantizer logs on the root logger ("consider pre-processing")."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    sys.stdout.flush()
+    saved_fd = None
+    try:
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no real fd 1 (embedded interpreters): Python-level redirection still applies
+        saved_fd = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved_fd is not None:
+            os.dup2(saved_fd, 1)
+            os.close(saved_fd)
+        root.setLevel(level)
+
+
+def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
+    """Name, type and rank of each onnxruntime NodeArg (session inputs or outputs): what two models
+    must share to be fed the same data."""
+    return [(a.name, a.type, None if a.shape is None else len(a.shape)) for a in args]
+
 
 CPU = "CPUExecutionProvider"
 _SUFFIX = "ExecutionProvider"
@@ -204,6 +242,18 @@ def create_session(model: str | Path, ep: EPConfig) -> Any:
         raise ModelError(f"{model} cannot be loaded on {where}: {first_line(exc)}",
                          hint="check the model with `qconvert inspect` and the --ep-option values") from exc
 
+
+def cpu_session(model: str | Path | bytes, *, threads: int = 0) -> Any:
+    """A session on the CPU provider for qconvert's own runs of a model (load checks, calibration,
+    analysis, the search's measurements): graph optimisations off, so it is fast to create and every
+    tensor exists under its own name; `threads` 0 lets onnxruntime choose. Load errors are onnxruntime's."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=[CPU])
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,12 +15,28 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
 
 
+@functools.cache
+def onnxruntime_distribution() -> str:
+    """The package that installed the `onnxruntime` module: `onnxruntime`, or a build such as
+    `onnxruntime-openvino` or `onnxruntime-gpu` that replaces it. Only the `onnxruntime*` records
+    beside the module are read (`packages_distributions()` reads every installed package's, ~0.2 s)."""
+    import importlib.util
+    from importlib.metadata import Distribution
+
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or spec.origin is None:
+        return "onnxruntime"
+    for info in sorted(Path(spec.origin).parent.parent.glob("onnxruntime*.dist-info")):
+        dist = Distribution.at(info)
+        if any(str(f) == "onnxruntime/__init__.py" for f in dist.files or []):
+            return str(dist.metadata["Name"])
+    return "onnxruntime"
+
+
 def versions() -> dict[str, str]:
     """Versions of qconvert and the libraries that decide its output; a replacement onnxruntime
     build (onnxruntime-openvino, …) is named beside its version."""
     from importlib.metadata import PackageNotFoundError, version
-
-    from qconvert.runtime import onnxruntime_distribution
 
     runtime = onnxruntime_distribution()
     found = {}

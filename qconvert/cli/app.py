@@ -126,13 +126,11 @@ def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F]
     return decorate
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(int(ExitCode.TERMINATED))
-
-
 def main() -> None:
     """Console-script entry point: each command runs in a supervised worker process."""
-    signal.signal(signal.SIGTERM, _terminate)
+    from qconvert.workflows.processes import unwind_on
+
+    unwind_on(signal.SIGTERM)
     _isolated.set(True)
     app()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from qconvert.errors import EnvironmentFailure, ExitCode, QconvertError, RuntimeFailure, UsageError
 from qconvert.model.files import record_temporaries, remove_temporary
-from qconvert.runtime import die_with_parent
+from qconvert.workflows.processes import die_with_parent, unwind_on
 
 GRACE_SECONDS = 1.0  # a forwarded Ctrl-C lets the worker unwind this long before it is killed
 POLL_SECONDS = 0.02
@@ -85,8 +85,7 @@ def _worker(body: Callable[[], int], log_fd: int) -> None:
     try:
         die_with_parent()
         record_temporaries(functools.partial(_log_temporary, log_fd))
-        for s in _EXIT_FOR_SIGNAL:
-            signal.signal(s, _once)
+        unwind_on(signal.SIGINT, signal.SIGTERM)
         code = body()
     except KeyboardInterrupt:
         code = ExitCode.INTERRUPTED
@@ -102,16 +101,6 @@ def _worker(body: Callable[[], int], log_fd: int) -> None:
 def _log_temporary(fd: int, path: Path) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, f"{path}\n".encode())
-
-
-def _once(signum: int, _frame: object) -> None:
-    """The worker's first SIGINT/SIGTERM unwinds it (its `finally` blocks remove its temporaries);
-    later ones — the terminal and the parent both send one — must not interrupt that cleanup."""
-    for s in _EXIT_FOR_SIGNAL:
-        signal.signal(s, signal.SIG_IGN)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise SystemExit(int(ExitCode.TERMINATED))
 
 
 def _watch(pid: int, budget: Budget, received: list[int], log_fd: int, logged: bytearray) -> int | QconvertError:

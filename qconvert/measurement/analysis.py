@@ -18,7 +18,6 @@ matches); tensors a graph optimizer renamed are counted as unmatched.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,12 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert import progress
-from qconvert.errors import DataError, ModelError
+from qconvert.errors import DataError, ModelError, first_line
+from qconvert.measurement.metrics import ErrorSums, nan_lowest
 from qconvert.model.files import scratch_dir
 from qconvert.model.loading import check_model_file, load_model
+from qconvert.providers import cpu_session, quiet_onnxruntime, signature
 from qconvert.quantization.ranges import exposing_session
 from qconvert.results import AnalyzeResult, NodeError, TensorError
-from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     import onnx
@@ -43,38 +43,6 @@ SUFFIX = "::fp32"
 OWN = "::own"
 FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 INTEGER_WEIGHT_AXIS = {"MatMulInteger": -1, "ConvInteger": 0}  # the per-channel axis of their weight
-
-
-@dataclass
-class ErrorSums:
-    """Running noise and signal power and cosine of a value against its reference."""
-
-    signal: float = 0.0
-    noise: float = 0.0
-    cosine_sum: float = 0.0
-    samples: int = 0
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        if r.shape != g.shape:
-            return
-        self.signal += float(r @ r)
-        self.noise += float((g - r) @ (g - r))
-        nr, ng = float(np.linalg.norm(r)), float(np.linalg.norm(g))
-        self.cosine_sum += (float(r @ g) / (nr * ng)) if nr and ng else (1.0 if nr == ng else 0.0)
-        self.samples += 1
-
-    @property
-    def sqnr_db(self) -> float:
-        if not self.samples or not math.isfinite(self.noise):
-            return math.nan
-        if self.noise == 0.0:
-            return math.inf
-        return 10.0 * math.log10(self.signal / self.noise) if self.signal else -math.inf
-
-    @property
-    def cosine(self) -> float:
-        return self.cosine_sum / self.samples if self.samples else math.nan
 
 
 @dataclass(frozen=True)
@@ -271,8 +239,7 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
                prepare_it: bool) -> tuple[str, onnx.ModelProto, _Layout]:
     """The FP32 graph whose tensor names match the quantized one best: the model as given (made
     by another tool from this very file), or prepared the way `qconvert quantize` prepares it."""
-    from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
-
+    from qconvert.quantization.adapter import load_with_shapes
     from qconvert.quantization.preparation import prepare
 
     candidates = [("as given", path)]
@@ -286,7 +253,7 @@ def _reference(path: Path, quant: onnx.ModelProto, work: Path, *,
         check_model_file(path)  # before onnx reads it (below), external data and all
     found = []
     for label, candidate in candidates:
-        model = load_model_with_shape_infer(candidate)  # weights and value_info (element types)
+        model = load_with_shapes(candidate)  # weights and value_info (element types)
         layout = _layout(model, quant)
         found.append((layout.quantized_tensors + len(layout.common), label, model, layout))
     _, label, model, layout = max(found, key=lambda f: f[0])
@@ -318,7 +285,6 @@ def _weight_errors(fp32: onnx.ModelProto, quant: onnx.ModelProto, layout: _Layou
 
 def _dequantized_weights(quant: onnx.ModelProto, layout: _Layout) -> dict[str, np.ndarray]:
     import onnx
-    import onnxruntime
 
     if not layout.weights:
         return {}
@@ -329,16 +295,10 @@ def _dequantized_weights(quant: onnx.ModelProto, layout: _Layout) -> dict[str, n
     sub = onnx.helper.make_graph(nodes, "weights", [], [onnx.ValueInfoProto(name=n) for n in sorted(wanted)],
                                  [t for t in graph.initializer if t.name in needed])
     model = onnx.helper.make_model(sub, opset_imports=quant.opset_import, ir_version=quant.ir_version)
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, {}), strict=True))
     return {name: values[dq] for name, dq in layout.weights.items()}
-
-
-def _db(value: float) -> float | None:
-    return None if math.isnan(value) else value
 
 
 def _result(fp32_path: Path, quant_path: Path, reference: str, data: CalibrationData, samples: int, layout: _Layout,
@@ -359,17 +319,11 @@ def _result(fp32_path: Path, quant_path: Path, reference: str, data: Calibration
             node=node, op_type=op_type, tensor=t, own_sqnr_db=own[t].sqnr_db, own_cosine=own[t].cosine,
             total_sqnr_db=carried[t].sqnr_db, total_cosine=carried[t].cosine, carried_share=share,
             weight_sqnr_db=min((e.sqnr_db for e in w), default=None)))
-    nodes.sort(key=lambda n: (_finite(n.own_sqnr_db), n.node))
+    nodes.sort(key=lambda n: (nan_lowest(n.own_sqnr_db), n.node))
     tensors = [TensorError(name=t, kind="activation", sqnr_db=e.sqnr_db, cosine=e.cosine) for t, e in act.items()]
     tensors += [TensorError(name=n, kind="weight", sqnr_db=e.sqnr_db, cosine=e.cosine) for n, e in weights.items()]
-    tensors.sort(key=lambda e: (_finite(e.sqnr_db), e.name))
+    tensors.sort(key=lambda e: (nan_lowest(e.sqnr_db), e.name))
     return AnalyzeResult(fp32_path=str(fp32_path), quantized_path=str(quant_path), reference=reference,
                          quantized_tensors=layout.quantized_tensors, data=data.to_dict(),
                          samples=samples, matched_tensors=len(layout.common), nodes=nodes[:top] if top else nodes,
                          ranked_nodes=len(nodes), tensors=tensors[:top] if top else tensors)
-
-
-def _finite(value: float) -> float:
-    """Sort key: NaN (broken) first, +inf (exact) last."""
-    return -math.inf if math.isnan(value) else value
-

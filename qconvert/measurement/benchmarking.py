@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert import progress
-from qconvert.errors import DataError, ModelError, UsageError
+from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.model.loading import check_model_file
-from qconvert.providers import EPConfig, Placement, create_session, placement, resolve
+from qconvert.providers import EPConfig, Placement, create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
-from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData

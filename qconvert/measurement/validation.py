@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert import progress
-from qconvert.errors import DataError, ModelError, UsageError
+from qconvert.errors import DataError, ModelError, UsageError, first_line
+from qconvert.measurement.metrics import cosine, nan_lowest, sqnr_db
 from qconvert.model.loading import check_model_file
-from qconvert.providers import EPConfig, create_session, placement, resolve
+from qconvert.providers import EPConfig, create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
-from qconvert.runtime import first_line, quiet_onnxruntime, signature
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
@@ -42,23 +42,6 @@ class Gates:
 class ValidateConfig:
     gates: Gates = field(default_factory=Gates)
     ep: EPConfig = field(default_factory=EPConfig)  # where the quantized model runs
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two flattened tensors: 1.0 when both are all zeros, 0.0 when only one
-    is, NaN when either holds a NaN/Inf (a broken output must never look similar)."""
-    a64, b64 = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
-        return math.nan
-    na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(a64 @ b64 / (na * nb))
-
-
-def _rank(value: float) -> float:
-    """NaN sorts below everything: a broken output is the worst."""
-    return -math.inf if math.isnan(value) else value
 
 
 @dataclass
@@ -91,7 +74,7 @@ class _Accumulator:
         c = cosine(r, g)
         self.samples += 1
         self.cosine_sum += c
-        if self.worst_sample < 0 or _rank(c) < _rank(self.worst_cosine):
+        if self.worst_sample < 0 or nan_lowest(c) < nan_lowest(self.worst_cosine):
             self.worst_cosine, self.worst_sample = c, index
         err = np.abs(r - g)
         self.elements += r.size
@@ -105,12 +88,7 @@ class _Accumulator:
 
     def metrics(self) -> OutputMetrics:
         n = max(self.elements, 1)
-        if self.squared_error == 0.0:
-            sqnr = math.inf
-        elif self.squared_signal == 0.0 or math.isnan(self.squared_error):
-            sqnr = -math.inf if not math.isnan(self.squared_error) else math.nan
-        else:
-            sqnr = 10.0 * math.log10(self.squared_signal / self.squared_error)
+        sqnr = sqnr_db(self.squared_signal, self.squared_error)
         return OutputMetrics(
             name=self.name, samples=self.samples,
             mean_cosine=self.cosine_sum / self.samples if self.samples else math.nan,
@@ -212,11 +190,11 @@ def _gates(gates: Gates, metrics: list[OutputMetrics], drop: float | None) -> li
     """Each gate on its worst output; NaN (a broken output) never passes."""
     found = []
     if gates.min_cosine is not None:
-        worst = min(metrics, key=lambda m: _rank(m.mean_cosine))
+        worst = min(metrics, key=lambda m: nan_lowest(m.mean_cosine))
         found.append(Gate("min_cosine", gates.min_cosine, worst.mean_cosine,
                           worst.mean_cosine >= gates.min_cosine, worst.name))
     if gates.min_sqnr is not None:
-        worst = min(metrics, key=lambda m: _rank(m.sqnr_db))
+        worst = min(metrics, key=lambda m: nan_lowest(m.sqnr_db))
         found.append(Gate("min_sqnr", gates.min_sqnr, worst.sqnr_db, worst.sqnr_db >= gates.min_sqnr, worst.name))
     if gates.max_drop is not None and drop is not None:
         found.append(Gate("max_drop", gates.max_drop, drop, drop <= gates.max_drop, None))

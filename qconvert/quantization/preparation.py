@@ -169,12 +169,10 @@ def _optimize_and_infer(model: onnx.ModelProto, dest: Path, result: PrepareResul
     (constant folding, Conv+BatchNorm fusion, MatMul+Add → Gemm, opset < 10 upgrade) and ONNX
     shape inference, written to `dest`. Dynamic quantization skips the optimisation: it cannot
     quantize Gemm. False when it failed and nothing usable was written."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from qconvert.quantization.adapter import pre_process
 
     try:
-        quant_pre_process(model, dest, auto_merge=True, skip_optimization=not optimize,
-                          save_as_external_data=True, all_tensors_to_one_file=True,
-                          external_data_location=_sidecar(dest))
+        pre_process(model, dest, optimize=optimize, sidecar=_sidecar(dest))
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         result.warnings.append(f"onnxruntime pre-processing failed ({first_line}); "

@@ -28,13 +28,13 @@ import numpy as np
 from qconvert import progress
 from qconvert.calibration import CalibrationData
 from qconvert.config import CalibrationMethod
-from qconvert.errors import DataError, ModelError, QconvertError
-from qconvert.runtime import first_line, quiet_onnxruntime
+from qconvert.errors import DataError, ModelError, QconvertError, first_line
+from qconvert.providers import cpu_session, quiet_onnxruntime
+from qconvert.quantization import adapter
 
 if TYPE_CHECKING:
     import onnx
     import onnxruntime
-    from onnxruntime.quantization.calibrate import TensorsData
 
 # onnxruntime's defaults (calibrate.create_calibrator), kept so thresholds match its calibrators.
 NUM_BINS = {CalibrationMethod.ENTROPY: 128, CalibrationMethod.PERCENTILE: 2048}
@@ -46,7 +46,7 @@ CANNOT_RUN_HINT = "check that onnxruntime runs the FP32 model; try --no-preproce
 
 @dataclass(frozen=True)
 class Calibration:
-    ranges: TensorsData
+    ranges: Any  # onnxruntime's TensorsData (qconvert.quantization.adapter builds it)
     samples: int
     seconds: float
     tensors: int
@@ -113,7 +113,6 @@ def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, 
     optimizations off, so every tensor exists as named). `model` itself is left as it was.
     A load failure is a ModelError: "`failure`: <onnxruntime's first line>"."""
     import onnx
-    import onnxruntime
 
     kept = len(model.graph.output)
     outputs = {o.name for o in model.graph.output}
@@ -130,12 +129,8 @@ def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, 
             from onnx.external_data_helper import load_external_data_for_model
 
             load_external_data_for_model(model, str(path.parent))
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
     try:
-        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return cpu_session(path, threads=threads)
     except Exception as exc:
         raise ModelError(f"{failure}: {first_line(exc)}", hint=hint) from exc
 
@@ -158,9 +153,6 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
               method: CalibrationMethod = CalibrationMethod.MINMAX, symmetric: bool = False,
               percentile: float = 99.999, external: bool = False) -> Calibration:
     """Ranges for the tensors onnxruntime's QDQ quantizer needs, streamed sample by sample."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization.calibrate import TensorData, TensorsData
-
     started = time.perf_counter()
     model = _typed_graph(model_path, work)
     tensors = tensors_to_calibrate(model, op_types)
@@ -185,14 +177,14 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     _check_finite(stats)
 
     if method is CalibrationMethod.MINMAX:
-        pairs: dict[str, Any] = {}
+        pairs: dict[str, tuple[Any, Any]] = {}
         for name, s in stats.items():
             if symmetric:
                 bound = np.maximum(np.abs(s.low), np.abs(s.high))
-                pairs[name] = TensorData(lowest=-bound, highest=bound)
+                pairs[name] = (-bound, bound)
             else:
-                pairs[name] = TensorData(lowest=s.low, highest=s.high)
-        ranges = TensorsData(OrtMethod.MinMax, pairs)
+                pairs[name] = (s.low, s.high)
+        ranges = adapter.minmax_ranges(pairs)
     else:
         ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, samples)
     infinite = tuple(name for name, s in stats.items() if s.infinite)
@@ -228,12 +220,9 @@ def _check_finite(stats: dict[str, _Stats]) -> None:
 
 def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationData, tensors: list[str],
                       stats: dict[str, _Stats], method: CalibrationMethod, symmetric: bool, percentile: float,
-                      samples: int) -> TensorsData:
+                      samples: int) -> Any:
     """Pass 2: histograms on the final edges, summed over the `samples` of pass 1, then onnxruntime's
     thresholds."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization.calibrate import HistogramCollector, TensorsData
-
     bins = NUM_BINS[method]
     # onnxruntime bins |x| over [min |x|, max |x|] for symmetric percentile, else x over [-t, t].
     absolute = method is CalibrationMethod.PERCENTILE and symmetric
@@ -263,17 +252,16 @@ def _histogram_ranges(session: onnxruntime.InferenceSession, data: CalibrationDa
                 else:
                     hists[name], hist_edges[name] = counts, found
             step()
-    collector = HistogramCollector(method=method.value, symmetric=symmetric, num_bins=bins,
-                                   num_quantized_bins=NUM_QUANTIZED_BINS, percentile=percentile, scenario="same")
+    histograms: dict[str, tuple[Any, ...]] = {}
     for name, counts in hists.items():
         s = stats[name]
         if absolute:
-            collector.histogram_dict[name] = (counts, hist_edges[name].astype(s.high.dtype), s.low, s.high)
+            histograms[name] = (counts, hist_edges[name].astype(s.high.dtype), s.low, s.high)
         else:
-            collector.histogram_dict[name] = (counts, hist_edges[name], s.low, s.high, edges[name][1])
-    ort_method = OrtMethod.Entropy if method is CalibrationMethod.ENTROPY else OrtMethod.Percentile
+            histograms[name] = (counts, hist_edges[name], s.low, s.high, edges[name][1])
     with quiet_onnxruntime():  # the collector prints its progress on stdout
-        return TensorsData(ort_method, collector.compute_collection_result())
+        return adapter.histogram_ranges(histograms, method, symmetric=symmetric, num_bins=bins,
+                                        num_quantized_bins=NUM_QUANTIZED_BINS, percentile=percentile)
 
 
 def channel_absmax(model: onnx.ModelProto, tensors: list[str], data: CalibrationData,

@@ -34,8 +34,8 @@ from qconvert.errors import (
 )
 from qconvert.model.files import scratch_dir
 from qconvert.results import SCHEMA_VERSION, versions
-from qconvert.runtime import die_with_parent
 from qconvert.workflows.pipeline import PipelineJob
+from qconvert.workflows.processes import die_with_parent, unwind_on
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers,
-    signal.signal(signal.SIGTERM, _unwind)  # which unwind so their temporary files are removed
+    unwind_on(signal.SIGTERM)  # which unwind so their temporary files are removed
     os.dup2(2, 1)  # stdout belongs to the parent's results
     logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
     try:
@@ -217,10 +217,6 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
                             hint="this is a bug in qconvert; run this model alone with --debug")
         outcome = {"error": bug.to_dict()}
     result_file.write_text(json.dumps(outcome))
-
-
-def _unwind(signum: int, _frame: object) -> None:
-    raise SystemExit(int(ExitCode.TERMINATED))
 
 
 def _collect(job: PipelineJob, result_file: Path, exitcode: int | None, seconds: float) -> BatchItem:

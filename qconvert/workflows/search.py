@@ -31,15 +31,16 @@ from qconvert import progress
 from qconvert.calibration import open_data
 from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.measurement.analysis import ErrorSums, analyze
+from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.metrics import ErrorSums, nan_lowest
 from qconvert.measurement.validation import Gates, ValidateConfig, validate
 from qconvert.model.files import check_output_path, move_into_place, staging_dir
 from qconvert.model.graph import PROTOBUF_LIMIT
 from qconvert.model.loading import LoadedModel, TensorSpec, input_specs
+from qconvert.providers import cpu_session, quiet_onnxruntime
 from qconvert.quantization.job import QuantizeJob
 from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
-from qconvert.runtime import quiet_onnxruntime
 
 if TYPE_CHECKING:
     import onnx
@@ -129,7 +130,7 @@ class SearchResult:
 
 
 def _trial(index: int, kept: list[str], handling: str, v: ValidateResult) -> Trial:
-    worst = min(v.outputs, key=lambda o: -math.inf if math.isnan(o.mean_cosine) else o.mean_cosine)
+    worst = min(v.outputs, key=lambda o: nan_lowest(o.mean_cosine))
     sqnr = min(o.sqnr_db for o in v.outputs)
     return Trial(index, kept, handling, worst.mean_cosine, sqnr, v.accuracy_drop, v.passed)
 
@@ -137,8 +138,7 @@ def _trial(index: int, kept: list[str], handling: str, v: ValidateResult) -> Tri
 def _score(t: Trial) -> tuple[float, float, int]:
     """Ordering for "closest to the target" when none met it: accuracy first, fewer exclusions next."""
     drop = -t.accuracy_drop if t.accuracy_drop is not None else 0.0
-    cosine = -math.inf if math.isnan(t.worst_cosine) else t.worst_cosine
-    return (drop, cosine, -len(t.kept))
+    return (drop, nan_lowest(t.worst_cosine), -len(t.kept))
 
 
 def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationData | None, *,
@@ -155,6 +155,8 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         raise UsageError("--max-drop needs labels", hint="name the labels key with --labels KEY")
     with staging_dir(out) as work, progress.task("accuracy search", total=search.max_trials) as trial_done:
         job = QuantizeJob(model, out, data, config, work)
+        job.prepare()
+        job.calibrate()
         trials: list[Trial] = []
         runs: list[tuple[Path, QuantizeResult, ValidateResult]] = []
         notes: list[str] = []
@@ -166,9 +168,9 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             path = folder / out.name
             try:
                 if config.sensitive is Sensitive.INT16:
-                    quantized = job.run(path, widen=keep)
+                    quantized = job.quantize(path, widen=keep)
                 else:
-                    quantized = job.run(path, {name: reasons[name] for name in keep})
+                    quantized = job.quantize(path, {name: reasons[name] for name in keep})
             except NothingQuantizedError:
                 if not trials:
                     raise
@@ -223,11 +225,11 @@ def _rank(job: QuantizeJob, first: Path, search: SearchConfig, specs: list[Tenso
     """Quantized candidate nodes by the error each adds on its own, worst first."""
     sample = replace(search.evaluation, max_samples=min(search.evaluation.max_samples or search.analyze_samples,
                                                         search.analyze_samples))
-    report = analyze(job.prepared, first, open_data(sample, specs), work=work / "analyze",
+    report = analyze(job.prepared.path, first, open_data(sample, specs), work=work / "analyze",
                      prepare_reference=False)
     candidates = {c.name for c in job.plan.candidates if c.name not in job.plan.excluded}
     quantized_inputs = {t.name for t in report.tensors if t.kind == "activation"}
-    graph = job.proto.graph
+    graph = job.prepared.proto.graph
     producers = {out: n.name for n in graph.node for out in n.output}
     inputs = {n.name: list(n.input) for n in graph.node}
     seen: set[str] = set()
@@ -262,7 +264,7 @@ def _by_output_effect(ranking: list[_Suspect], job: QuantizeJob, first: Path, se
     quant = onnx.load(str(first))
     if job.mode is not Mode.STATIC or quant.ByteSize() >= PROTOBUF_LIMIT or len(ranking) < 2:
         return ranking
-    prepared = onnx.load(str(job.prepared))
+    prepared = onnx.load(str(job.prepared.path))
     feeds = list(open_data(replace(search.evaluation, max_samples=EFFECT_SAMPLES), specs))
     reference = _outputs(prepared, feeds)
     noise: dict[str, float] = {}
@@ -330,13 +332,8 @@ def _only_quantized(prepared: onnx.ModelProto, quant: onnx.ModelProto, name: str
 
 
 def _outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # fast to create
     with quiet_onnxruntime():
-        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(model.SerializeToString())
         return [session.run(None, f) for f in feeds]
 
 
@@ -396,7 +393,7 @@ def _search(ranking: list[_Suspect], job: QuantizeJob, max_trials: int, widen: b
 def _noisy_op_types(ranking: list[_Suspect]) -> list[tuple[str, float]]:
     """Op types other than the weighted ones, by the share of the measured output noise their nodes
     cause, worst first; only those above TYPE_SHARE, and only when more than one node is measured."""
-    from qconvert.quantization.job import WEIGHTED_OPS
+    from qconvert.quantization.plan import WEIGHTED_OPS
 
     measured = [s for s in ranking if not math.isnan(s.effect)]
     total = sum(s.effect for s in measured)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from qconvert.cli.app import app
 from qconvert.errors import ExitCode
-from qconvert.quantization.job import _reads_calibration_cache
+from qconvert.quantization.adapter import reads_calibration_cache as _reads_calibration_cache
 from tests import models
 from tests.corpus import refused
 

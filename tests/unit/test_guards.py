@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert.errors import ExitCode, RuntimeFailure
-from qconvert.quantization.job import _check_scales, _reads_calibration_cache
+from qconvert.quantization.adapter import reads_calibration_cache as _reads_calibration_cache
+from qconvert.quantization.job import _check_scales
 from tests import models
 from tests.corpus import refused
 

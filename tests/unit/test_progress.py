@@ -14,7 +14,7 @@ from qconvert.config import CalibrationMethod
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
 from qconvert.measurement.validation import Gates, validate
-from qconvert.quantization.job import _reads_calibration_cache
+from qconvert.quantization.adapter import reads_calibration_cache as _reads_calibration_cache
 from qconvert.workflows.batch import run_batch
 from qconvert.workflows.search import SearchConfig, search_quantize
 from tests import models

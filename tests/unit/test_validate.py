@@ -11,7 +11,8 @@ import pytest
 
 from qconvert import DataConfig, input_specs, load_model, open_data, quantize
 from qconvert.errors import DataError, GateFailedError, ModelError, UsageError
-from qconvert.measurement.validation import Gates, ValidateConfig, cosine, validate
+from qconvert.measurement.metrics import cosine
+from qconvert.measurement.validation import Gates, ValidateConfig, validate
 from tests import models
 from tests.conftest import SAMPLES
 
