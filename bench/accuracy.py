@@ -38,10 +38,15 @@ SAMPLES = REPO / "sample_models"
 sys.path.insert(0, str(REPO))
 
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize  # noqa: E402
-from qconvert.config import Sensitive  # noqa: E402
-from qconvert.measurement.validation import Gates, ValidateConfig, validate  # noqa: E402
+from qconvert.config import (  # noqa: E402
+    Gates,
+    SearchConfig,
+    Sensitive,
+    ValidateConfig,
+)
+from qconvert.measurement.validation import validate  # noqa: E402
 from qconvert.presets import expand  # noqa: E402
-from qconvert.workflows.search import SearchConfig, search_quantize  # noqa: E402
+from qconvert.workflows.search import search_quantize  # noqa: E402
 
 
 def _cosine(fp32: Path, quant: Path, data: DataConfig) -> float:

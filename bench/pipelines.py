@@ -27,8 +27,10 @@ SAMPLES = REPO / "sample_models"
 sys.path.insert(0, str(REPO))
 
 from qconvert import DataConfig, PipelineJob, run_batch, run_job  # noqa: E402
-from qconvert.measurement.benchmarking import BenchmarkConfig  # noqa: E402
-from qconvert.measurement.validation import Gates  # noqa: E402
+from qconvert.config import (  # noqa: E402
+    BenchmarkConfig,
+    Gates,
+)
 
 
 def _job(model: Path, out: Path) -> PipelineJob:

@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize  # noqa: E402
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark  # noqa: E402
-from qconvert.providers import EPConfig  # noqa: E402
+from qconvert.config import (  # noqa: E402
+    BenchmarkConfig,
+    EPConfig,
+)
+from qconvert.measurement.benchmarking import batch_feeds, benchmark  # noqa: E402
 from tests import models  # noqa: E402
 
 SAMPLES = REPO / "sample_models"

@@ -11,9 +11,9 @@ from qconvert.errors import ExitCode, QconvertError
 from qconvert.model.description import describe
 from qconvert.model.loading import LoadedModel, TensorSpec, input_specs, load_model, output_specs
 from qconvert.quantization.job import quantize
-from qconvert.results import InspectResult, QuantizeResult
-from qconvert.workflows.batch import BatchResult, run_batch
-from qconvert.workflows.pipeline import PipelineJob, PipelineResult, run_job
+from qconvert.results import BatchResult, InspectResult, PipelineResult, QuantizeResult
+from qconvert.workflows.batch import run_batch
+from qconvert.workflows.pipeline import PipelineJob, run_job
 
 __version__ = "0.1.0"
 

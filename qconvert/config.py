@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
+from qconvert.errors import UsageError
+
+# The provider every onnxruntime build has, and the reference every measurement runs FP32 on.
+CPU = "CPUExecutionProvider"
+
 
 class StrEnum(str, Enum):
     """`enum.StrEnum` for Python 3.10: members compare and format as their value."""
@@ -135,3 +140,90 @@ class DataConfig:
         for key in ("image_size", "mean", "std", "ignore_keys"):
             d[key] = list(d[key]) if d[key] is not None else None
         return d
+
+
+@dataclass(frozen=True)
+class EPConfig:
+    """Where a model runs: provider, its options (`device_type=NPU`, …) and intra-op threads."""
+
+    provider: str = "cpu"
+    options: tuple[tuple[str, str], ...] = ()
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UsageError(f"threads must be at least 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"provider": self.provider, "options": dict(self.options), "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Thresholds a quantized model must meet; None means not checked."""
+
+    min_cosine: float | None = None  # mean cosine similarity, every output
+    max_drop: float | None = None  # top-1 accuracy drop in points (needs labels)
+    min_sqnr: float | None = None  # dB, every output
+
+    def to_dict(self) -> dict[str, object]:
+        return {"min_cosine": self.min_cosine, "max_drop": self.max_drop, "min_sqnr": self.min_sqnr}
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    gates: Gates = field(default_factory=Gates)
+    ep: EPConfig = field(default_factory=EPConfig)  # where the quantized model runs
+
+
+DEFAULT_RUNS = 100
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    runs: int | None = None  # timed runs per model; DEFAULT_RUNS when neither this nor duration is set
+    duration: float | None = None  # or: seconds of timed runs per model
+    warmup: int = 5
+    batch: int = 1
+    ep: EPConfig = field(default_factory=EPConfig)
+    min_speedup: float | None = None  # every model after the first vs the first (median latency ratio)
+    # The first model is only a reference (the FP32 original, in the pipeline): where it ran is
+    # reported, but only the others must run on the provider.
+    reference_first: bool = False
+
+    def __post_init__(self) -> None:
+        if self.runs is not None and self.duration is not None:
+            raise UsageError("give --runs or --duration, not both")
+        if (self.runs is not None and self.runs < 1) or (self.duration is not None and self.duration <= 0):
+            raise UsageError("--runs must be at least 1 and --duration above 0")
+        if self.batch < 1 or self.warmup < 0:
+            raise UsageError("--batch must be at least 1 and --warmup at least 0")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"runs": self.runs if self.runs or self.duration else DEFAULT_RUNS, "duration": self.duration,
+                "warmup": self.warmup, "batch": self.batch, "ep": self.ep.to_dict(), "min_speedup": self.min_speedup,
+                "reference_first": self.reference_first}
+
+
+DEFAULT_MAX_TRIALS = 12
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What the search must reach, on which data, and how much it may spend."""
+
+    evaluation: DataConfig
+    gates: Gates
+    max_trials: int = DEFAULT_MAX_TRIALS  # quantize + validate rounds, the first (nothing kept) included
+    analyze_samples: int = 32  # evaluation samples used to rank nodes
+    benchmark_runs: int = 50  # timed runs per trial model at the end; 0 skips timing
+
+    def __post_init__(self) -> None:
+        if self.gates.min_cosine is None and self.gates.max_drop is None and self.gates.min_sqnr is None:
+            raise UsageError("the accuracy search needs a target", hint="add --min-cosine, --max-drop or --min-sqnr")
+        if self.max_trials < 1:
+            raise UsageError(f"--max-trials must be at least 1, got {self.max_trials}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"evaluation": self.evaluation.source, "target": self.gates.to_dict(), "max_trials": self.max_trials,
+                "analyze_samples": self.analyze_samples, "benchmark_runs": self.benchmark_runs}

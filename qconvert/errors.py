@@ -93,6 +93,24 @@ class RuntimeFailure(EnvironmentFailure):
     """onnxruntime failed while running or quantizing the model."""
 
 
+class InternalError(QconvertError):
+    """A bug in qconvert: an exception that none of qconvert's own errors describes."""
+
+    exit_code = ExitCode.INTERNAL
+
+
+def as_error(exc: Exception, *, hint: str = "this is a bug in qconvert; re-run with --debug for the traceback",
+             ) -> QconvertError:
+    """What an exception that escaped every step means to the user: qconvert's own errors as they
+    are, memory and file-system failures as the environment's (exit 4), anything else a bug
+    (exit 1) with `hint`. The CLI and batch workers both map exceptions to exit codes with this."""
+    if isinstance(exc, QconvertError):
+        return exc
+    if isinstance(exc, MemoryError | OSError):
+        return from_system_error(exc)
+    return InternalError(f"{type(exc).__name__}: {exc}", hint=hint)
+
+
 def from_system_error(exc: MemoryError | OSError) -> EnvironmentFailure:
     """What memory and file-system failures that escaped every step mean to the user (exit 4)."""
     if isinstance(exc, MemoryError):

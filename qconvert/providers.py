@@ -23,8 +23,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from qconvert.errors import EnvironmentFailure, ModelError, UsageError, first_line
-from qconvert.results import onnxruntime_distribution
+from qconvert.config import CPU, EPConfig
+from qconvert.errors import EnvironmentFailure, ModelError, first_line
+from qconvert.results import Placement, onnxruntime_distribution
 
 
 @contextlib.contextmanager
@@ -59,7 +60,6 @@ def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
     return [(a.name, a.type, None if a.shape is None else len(a.shape)) for a in args]
 
 
-CPU = "CPUExecutionProvider"
 _SUFFIX = "ExecutionProvider"
 # Ops that exist only in quantized graphs: what "quantized nodes" counts in a placement.
 QUANTIZED_OPS = frozenset({
@@ -197,22 +197,6 @@ def resolve(provider: str) -> ProviderInfo:
              "`qconvert providers` lists what is installed")
 
 
-@dataclass(frozen=True)
-class EPConfig:
-    """Where a model runs: provider, its options (`device_type=NPU`, …) and intra-op threads."""
-
-    provider: str = "cpu"
-    options: tuple[tuple[str, str], ...] = ()
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise UsageError(f"threads must be at least 1, got {self.threads}")
-
-    def to_dict(self) -> dict[str, object]:
-        return {"provider": self.provider, "options": dict(self.options), "threads": self.threads}
-
-
 def create_session(model: str | Path, ep: EPConfig) -> Any:
     """An onnxruntime session on `ep`, with every node the provider cannot take on the CPU
     provider, recording which provider took which node (see `placement`)."""
@@ -254,34 +238,6 @@ def cpu_session(model: str | Path | bytes, *, threads: int = 0) -> Any:
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=[CPU])
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Which provider onnxruntime gave each node of the (basic-optimized) graph at partitioning."""
-
-    provider: str
-    nodes: int
-    nodes_on_provider: int
-    quantized_nodes: int  # Q/DQ and integer ops
-    quantized_on_provider: int
-    cpu_op_types: dict[str, int]  # op types left to the CPU provider, most frequent first
-
-    @property
-    def all_on_cpu(self) -> bool:
-        """Nothing ran on the provider asked for: its number would be a CPU number."""
-        return self.provider != CPU and self.nodes_on_provider == 0
-
-    def share(self) -> float:
-        return self.nodes_on_provider / self.nodes if self.nodes else 0.0
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "provider": self.provider, "nodes": self.nodes, "nodes_on_provider": self.nodes_on_provider,
-            "share": round(self.share(), 4), "quantized_nodes": self.quantized_nodes,
-            "quantized_on_provider": self.quantized_on_provider, "cpu_op_types": self.cpu_op_types,
-            "all_on_cpu": self.all_on_cpu,
-        }
 
 
 def placement(session: Any, provider: ProviderInfo) -> Placement | None:

@@ -7,10 +7,10 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from qconvert.providers import Placement
+from qconvert.config import CPU, SearchConfig, StrEnum
+from qconvert.errors import ExitCode
 
 SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
 
@@ -394,4 +394,204 @@ class AnalyzeResult:
             "matched_tensors": self.matched_tensors, "ranked_nodes": self.ranked_nodes,
             "nodes": [n.to_dict() for n in self.nodes], "tensors": [t.to_dict() for t in self.tensors],
             "versions": self.versions,
+        }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which provider onnxruntime gave each node of the (basic-optimized) graph at partitioning."""
+
+    provider: str
+    nodes: int
+    nodes_on_provider: int
+    quantized_nodes: int  # Q/DQ and integer ops
+    quantized_on_provider: int
+    cpu_op_types: dict[str, int]  # op types left to the CPU provider, most frequent first
+
+    @property
+    def all_on_cpu(self) -> bool:
+        """Nothing ran on the provider asked for: its number would be a CPU number."""
+        return self.provider != CPU and self.nodes_on_provider == 0
+
+    def share(self) -> float:
+        return self.nodes_on_provider / self.nodes if self.nodes else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "provider": self.provider, "nodes": self.nodes, "nodes_on_provider": self.nodes_on_provider,
+            "share": round(self.share(), 4), "quantized_nodes": self.quantized_nodes,
+            "quantized_on_provider": self.quantized_on_provider, "cpu_op_types": self.cpu_op_types,
+            "all_on_cpu": self.all_on_cpu,
+        }
+
+
+@dataclass
+class Trial:
+    index: int
+    kept: list[str]  # node names taken out of 8-bit static QDQ
+    handling: str  # what happened to them: "float", "dynamic" or "int16" (QuantizeConfig.sensitive)
+    worst_cosine: float  # lowest mean cosine over the outputs
+    sqnr_db: float  # lowest over the outputs
+    accuracy_drop: float | None  # points, with labels
+    passed: bool
+    p50_ms: float | None = None
+    speedup: float | None = None  # FP32 median latency / this one's
+
+    def to_dict(self) -> dict[str, object]:
+        return {"index": self.index, "sensitive_nodes": len(self.kept), "handling": self.handling, "nodes": self.kept,
+                "worst_cosine": number(self.worst_cosine), "sqnr_db": number(self.sqnr_db, 3),
+                "accuracy_drop": number(self.accuracy_drop, 3), "passed": self.passed,
+                "p50_ms": number(self.p50_ms, 4), "speedup_vs_fp32": number(self.speedup, 3)}
+
+
+@dataclass(frozen=True)
+class KeptNode:
+    node: str
+    op_type: str
+    rank: int | None  # 1 = the largest own error; None: kept with its whole op type, not ranked
+    own_sqnr_db: float
+    total_sqnr_db: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.node, "op_type": self.op_type, "rank": self.rank,
+                "own_sqnr_db": number(self.own_sqnr_db, 3), "total_sqnr_db": number(self.total_sqnr_db, 3)}
+
+
+@dataclass
+class SearchResult:
+    config: SearchConfig
+    trials: list[Trial]
+    chosen: int  # index of the trial written to the output
+    kept: list[KeptNode]
+    ranked_nodes: int  # nodes the analysis ranked (0 when the first trial met the target)
+    fp32_p50_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return self.trials[self.chosen].passed
+
+    def to_dict(self) -> dict[str, object]:
+        return {"config": self.config.to_dict(), "met": self.met, "chosen_trial": self.chosen,
+                "sensitive_nodes": [k.to_dict() for k in self.kept], "ranked_nodes": self.ranked_nodes,
+                "fp32_p50_ms": number(self.fp32_p50_ms, 4), "trials": [t.to_dict() for t in self.trials],
+                "notes": self.notes}
+
+
+@dataclass(frozen=True)
+class PassResult:
+    name: str
+    changed: int  # how many things the pass changed; 0 means it was a no-op
+    note: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "changed": self.changed, "note": self.note}
+
+
+@dataclass
+class PrepareResult:
+    passes: list[PassResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"passes": [p.to_dict() for p in self.passes], "warnings": list(self.warnings)}
+
+
+class Status(StrEnum):
+    PASSED = "passed"  # ran, and met every gate
+    MISSED = "missed"  # ran, and missed a gate
+    FAILED = "failed"  # did not finish: an error or a crash
+
+
+@dataclass
+class BatchItem:
+    model: str
+    output: str
+    status: Status
+    seconds: float
+    result: dict[str, Any] | None = None  # the pipeline report, when it ran
+    error: dict[str, object] | None = None  # QconvertError.to_dict(), when it failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.status is Status.PASSED:
+            return ExitCode.OK
+        if self.status is Status.MISSED:
+            return ExitCode.GATE_FAILED
+        code = (self.error or {}).get("exit_code", ExitCode.INTERNAL)
+        return int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"model": self.model, "output": self.output, "status": self.status.value,
+                "seconds": round(self.seconds, 3), "error": self.error, "result": self.result}
+
+
+@dataclass
+class BatchResult:
+    items: list[BatchItem]
+    workers: int
+    seconds: float
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def passed(self) -> bool:
+        return all(i.status is Status.PASSED for i in self.items)
+
+    @property
+    def exit_code(self) -> int:
+        """The first failed model's exit code; else 3 when any model missed a gate; else 0."""
+        failed = [i for i in self.items if i.status is Status.FAILED]
+        if failed:
+            return failed[0].exit_code
+        return ExitCode.GATE_FAILED if not self.passed else ExitCode.OK
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: sum(i.status is s for i in self.items) for s in list(Status)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"schema_version": SCHEMA_VERSION, "command": "batch", "workers": self.workers,
+                "seconds": round(self.seconds, 3), "counts": self.counts(), "passed": self.passed,
+                "models": [i.to_dict() for i in self.items], "versions": self.versions}
+
+
+@dataclass
+class PipelineResult:
+    quantize: QuantizeResult
+    validate: list[ValidateResult] = field(default_factory=list)  # one per provider
+    benchmark: list[BenchmarkResult] = field(default_factory=list)  # one per provider
+    search: SearchResult | None = None
+    analyze: AnalyzeResult | None = None
+    job: dict[str, object] | None = None  # the resolved configuration
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def gates(self) -> list[Gate]:
+        return [g for step in (*self.validate, *self.benchmark) for g in step.gates]
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def measured(self) -> bool:
+        """Whether any step ran after quantize."""
+        return bool(self.validate or self.benchmark or self.search or self.analyze)
+
+    def report(self) -> dict[str, object]:
+        """The report: the whole pipeline's when any step ran after quantize, else quantize's own."""
+        return self.to_dict() if self.measured else self.quantize.to_dict()
+
+    def raise_for_gates(self) -> None:
+        for step in (*self.validate, *self.benchmark):
+            step.raise_for_gates()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION, "command": "pipeline", "job": self.job,
+            "quantize": self.quantize.to_dict(),
+            "search": self.search.to_dict() if self.search else None,
+            "validate": [v.to_dict() for v in self.validate],
+            "benchmark": [b.to_dict() for b in self.benchmark],
+            "analyze": self.analyze.to_dict() if self.analyze else None,
+            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }

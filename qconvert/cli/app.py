@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from qconvert.cli import supervise
-from qconvert.errors import ExitCode, QconvertError, from_system_error
+from qconvert.errors import ExitCode, InternalError, QconvertError, as_error
 
 app = typer.Typer(
     name="qconvert",
@@ -87,16 +87,15 @@ def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F]
                 with render.stderr_display(quiet=_quiet.get()):
                     func(*args, **kwargs)
                 return ExitCode.OK
-            except (MemoryError, OSError) as exc:
-                return failed(from_system_error(exc), as_json)
-            except QconvertError as exc:
-                return failed(exc, as_json)
             except KeyboardInterrupt:
                 render.interrupted()
                 return ExitCode.INTERRUPTED
             except typer.Exit as exc:
                 return int(exc.exit_code)
             except Exception as exc:
+                error = as_error(exc)
+                if not isinstance(error, InternalError):
+                    return failed(error, as_json)
                 if _debug.get():
                     raise
                 render.internal_error(exc)

@@ -59,7 +59,8 @@ def benchmark(
     """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.cli import render
-    from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds
+    from qconvert.config import BenchmarkConfig
+    from qconvert.measurement.benchmarking import batch_feeds
     from qconvert.measurement.benchmarking import benchmark as run_benchmark
     from qconvert.workflows.pipeline import check_report_path, write_report
 

@@ -12,7 +12,7 @@ from qconvert.config import DataConfig, Layout
 from qconvert.errors import UsageError
 
 if TYPE_CHECKING:
-    from qconvert.providers import EPConfig
+    from qconvert.config import EPConfig
 
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model file.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -120,7 +120,8 @@ def ep_config(provider: str, items: list[str] | None, threads: int) -> EPConfig:
 def ep_configs(providers: list[str] | None, items: list[str] | None, threads: int) -> tuple[EPConfig, ...]:
     """One EPConfig per --ep (default: cpu). An --ep-option applies to every provider, or, written
     PROVIDER:KEY=VALUE, to that one only."""
-    from qconvert.providers import EPConfig, alias
+    from qconvert.config import EPConfig
+    from qconvert.providers import alias
 
     names = list(dict.fromkeys(providers or ["cpu"]))
     options: dict[str, list[tuple[str, str]]] = {alias(name): [] for name in names}

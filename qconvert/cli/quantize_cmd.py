@@ -142,12 +142,10 @@ def quantize(
     """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate, benchmark and
     analyze it against FP32 in the same run (exit 3 when a gate fails). Several models make a batch."""
     from qconvert.cli import render
-    from qconvert.measurement.benchmarking import BenchmarkConfig
-    from qconvert.measurement.validation import Gates
+    from qconvert.config import BenchmarkConfig, Gates, SearchConfig
     from qconvert.providers import NODE_UNIT_PROVIDERS, alias
     from qconvert.workflows.batch import batch_jobs, expand_models, run_batch
     from qconvert.workflows.pipeline import PipelineJob, check_report_path, run_job, write_report
-    from qconvert.workflows.search import SearchConfig
 
     fields = {  # QuantizeConfig field: (CLI parameter, value)
         "mode": ("mode", mode), "activations": ("activations", activations), "weights": ("weights", weights),

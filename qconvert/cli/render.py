@@ -37,10 +37,8 @@ if TYPE_CHECKING:
     from rich.progress import TaskID
 
     from qconvert.presets import Preset
-    from qconvert.providers import Placement, ProviderInfo
-    from qconvert.workflows.batch import BatchItem, BatchResult
-    from qconvert.workflows.pipeline import PipelineResult
-    from qconvert.workflows.search import SearchResult, Trial
+    from qconvert.providers import ProviderInfo
+    from qconvert.results import BatchItem, BatchResult, PipelineResult, Placement, SearchResult, Trial
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -58,7 +58,7 @@ def validate(
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
     from qconvert import input_specs, load_model, open_data
     from qconvert.cli import render
-    from qconvert.measurement.validation import Gates, ValidateConfig
+    from qconvert.config import Gates, ValidateConfig
     from qconvert.measurement.validation import validate as run_validate
     from qconvert.workflows.pipeline import check_report_path, write_report
 

@@ -9,49 +9,20 @@ of each session's partitioning tells how much of the model the provider really t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qconvert import progress
+from qconvert.config import DEFAULT_RUNS, BenchmarkConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.model.loading import check_model_file
-from qconvert.providers import EPConfig, Placement, create_session, placement, quiet_onnxruntime, resolve, signature
-from qconvert.results import BenchmarkResult, Gate, Latency, provider_gates
+from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
+from qconvert.results import BenchmarkResult, Gate, Latency, Placement, provider_gates
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
-
-DEFAULT_RUNS = 100
-
-
-@dataclass(frozen=True)
-class BenchmarkConfig:
-    runs: int | None = None  # timed runs per model; DEFAULT_RUNS when neither this nor duration is set
-    duration: float | None = None  # or: seconds of timed runs per model
-    warmup: int = 5
-    batch: int = 1
-    ep: EPConfig = field(default_factory=EPConfig)
-    min_speedup: float | None = None  # every model after the first vs the first (median latency ratio)
-    # The first model is only a reference (the FP32 original, in the pipeline): where it ran is
-    # reported, but only the others must run on the provider.
-    reference_first: bool = False
-
-    def __post_init__(self) -> None:
-        if self.runs is not None and self.duration is not None:
-            raise UsageError("give --runs or --duration, not both")
-        if (self.runs is not None and self.runs < 1) or (self.duration is not None and self.duration <= 0):
-            raise UsageError("--runs must be at least 1 and --duration above 0")
-        if self.batch < 1 or self.warmup < 0:
-            raise UsageError("--batch must be at least 1 and --warmup at least 0")
-
-    def to_dict(self) -> dict[str, object]:
-        return {"runs": self.runs if self.runs or self.duration else DEFAULT_RUNS, "duration": self.duration,
-                "warmup": self.warmup, "batch": self.batch, "ep": self.ep.to_dict(), "min_speedup": self.min_speedup,
-                "reference_first": self.reference_first}
-
 
 def batch_feeds(data: CalibrationData, batch: int) -> dict[str, np.ndarray]:
     """The first `batch` samples stacked along axis 0 (cycling when there are fewer)."""

@@ -9,39 +9,22 @@ measured as the target computes it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qconvert import progress
+from qconvert.config import EPConfig, Gates, ValidateConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.measurement.metrics import cosine, nan_lowest, sqnr_db
 from qconvert.model.loading import check_model_file
-from qconvert.providers import EPConfig, create_session, placement, quiet_onnxruntime, resolve, signature
+from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
-
-
-@dataclass(frozen=True)
-class Gates:
-    """Thresholds a quantized model must meet; None means not checked."""
-
-    min_cosine: float | None = None  # mean cosine similarity, every output
-    max_drop: float | None = None  # top-1 accuracy drop in points (needs labels)
-    min_sqnr: float | None = None  # dB, every output
-
-    def to_dict(self) -> dict[str, object]:
-        return {"min_cosine": self.min_cosine, "max_drop": self.max_drop, "min_sqnr": self.min_sqnr}
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    gates: Gates = field(default_factory=Gates)
-    ep: EPConfig = field(default_factory=EPConfig)  # where the quantized model runs
 
 
 @dataclass

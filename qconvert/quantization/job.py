@@ -34,7 +34,7 @@ from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 if TYPE_CHECKING:
     import onnx
 
-    from qconvert.quantization.preparation import PrepareResult
+    from qconvert.results import PrepareResult
 
 log = logging.getLogger(__name__)
 

@@ -8,36 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.errors import UsageError
 from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, model_nbytes
+from qconvert.results import PassResult, PrepareResult
 
 if TYPE_CHECKING:
     import onnx
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PassResult:
-    name: str
-    changed: int  # how many things the pass changed; 0 means it was a no-op
-    note: str = ""
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "changed": self.changed, "note": self.note}
-
-
-@dataclass
-class PrepareResult:
-    passes: list[PassResult] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"passes": [p.to_dict() for p in self.passes], "warnings": list(self.warnings)}
 
 
 def remove_initializer_inputs(model: onnx.ModelProto) -> PassResult:

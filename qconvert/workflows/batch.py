@@ -17,23 +17,15 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
 from qconvert import progress
-from qconvert.config import StrEnum
-from qconvert.errors import (
-    ExitCode,
-    ModelError,
-    QconvertError,
-    RuntimeFailure,
-    UsageError,
-    from_system_error,
-)
+from qconvert.errors import ModelError, RuntimeFailure, UsageError, as_error
 from qconvert.model.files import scratch_dir
-from qconvert.results import SCHEMA_VERSION, versions
+from qconvert.results import BatchItem, BatchResult, Status
 from qconvert.workflows.pipeline import PipelineJob
 from qconvert.workflows.processes import die_with_parent, unwind_on
 
@@ -100,63 +92,6 @@ def batch_jobs(template: PipelineJob, models: Sequence[Path], *, batch: bool) ->
     return jobs
 
 
-class Status(StrEnum):
-    PASSED = "passed"  # ran, and met every gate
-    MISSED = "missed"  # ran, and missed a gate
-    FAILED = "failed"  # did not finish: an error or a crash
-
-
-@dataclass
-class BatchItem:
-    model: str
-    output: str
-    status: Status
-    seconds: float
-    result: dict[str, Any] | None = None  # the pipeline report, when it ran
-    error: dict[str, object] | None = None  # QconvertError.to_dict(), when it failed
-
-    @property
-    def exit_code(self) -> int:
-        if self.status is Status.PASSED:
-            return ExitCode.OK
-        if self.status is Status.MISSED:
-            return ExitCode.GATE_FAILED
-        code = (self.error or {}).get("exit_code", ExitCode.INTERNAL)
-        return int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "output": self.output, "status": self.status.value,
-                "seconds": round(self.seconds, 3), "error": self.error, "result": self.result}
-
-
-@dataclass
-class BatchResult:
-    items: list[BatchItem]
-    workers: int
-    seconds: float
-    versions: dict[str, str] = field(default_factory=versions)
-
-    @property
-    def passed(self) -> bool:
-        return all(i.status is Status.PASSED for i in self.items)
-
-    @property
-    def exit_code(self) -> int:
-        """The first failed model's exit code; else 3 when any model missed a gate; else 0."""
-        failed = [i for i in self.items if i.status is Status.FAILED]
-        if failed:
-            return failed[0].exit_code
-        return ExitCode.GATE_FAILED if not self.passed else ExitCode.OK
-
-    def counts(self) -> dict[str, int]:
-        return {s.value: sum(i.status is s for i in self.items) for s in list(Status)}
-
-    def to_dict(self) -> dict[str, object]:
-        return {"schema_version": SCHEMA_VERSION, "command": "batch", "workers": self.workers,
-                "seconds": round(self.seconds, 3), "counts": self.counts(), "passed": self.passed,
-                "models": [i.to_dict() for i in self.items], "versions": self.versions}
-
-
 def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
               on_done: Callable[[BatchItem], None] | None = None) -> BatchResult:
     """Run every job, at most `workers` at a time, each in its own process; items come back in
@@ -207,15 +142,10 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     try:
         result = run_job(job)
         outcome: dict[str, object] = {"result": result.report(), "passed": result.passed}
-    except (MemoryError, OSError) as exc:
-        outcome = {"error": from_system_error(exc).to_dict()}
-    except QconvertError as exc:
-        outcome = {"error": exc.to_dict()}
-    except Exception as exc:  # a bug in qconvert: recorded for this model, the others go on
-        log.debug("internal error", exc_info=True)
-        bug = QconvertError(f"{type(exc).__name__}: {exc}",
-                            hint="this is a bug in qconvert; run this model alone with --debug")
-        outcome = {"error": bug.to_dict()}
+    except Exception as exc:  # recorded for this model, the others go on
+        log.debug("failed", exc_info=True)
+        error = as_error(exc, hint="this is a bug in qconvert; run this model alone with --debug")
+        outcome = {"error": error.to_dict()}
     result_file.write_text(json.dumps(outcome))
 
 

@@ -15,25 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.calibration import open_data
-from qconvert.config import DataConfig, QuantizeConfig
+from qconvert.config import BenchmarkConfig, DataConfig, EPConfig, Gates, QuantizeConfig, SearchConfig, ValidateConfig
 from qconvert.errors import OutputError, UsageError
 from qconvert.measurement.analysis import analyze
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
-from qconvert.measurement.validation import Gates, ValidateConfig, validate
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
+from qconvert.measurement.validation import validate
 from qconvert.model.files import is_same_file, write_output
 from qconvert.model.loading import LoadedModel, input_specs, load_model
-from qconvert.providers import EPConfig
 from qconvert.quantization.job import quantize
 from qconvert.results import (
-    SCHEMA_VERSION,
-    AnalyzeResult,
-    BenchmarkResult,
-    Gate,
-    QuantizeResult,
-    ValidateResult,
-    versions,
+    PipelineResult,
+    Trial,
 )
-from qconvert.workflows.search import SearchConfig, SearchResult, Trial, search_quantize
+from qconvert.workflows.search import search_quantize
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
@@ -73,49 +67,6 @@ class PipelineJob:
             "gates": self.gates.to_dict(), "providers": [p.to_dict() for p in self.providers],
             "search": self.search.to_dict() if self.search else None,
             "benchmark": self.benchmark.to_dict() if self.benchmark else None, "analyze": self.analyze,
-        }
-
-
-@dataclass
-class PipelineResult:
-    quantize: QuantizeResult
-    validate: list[ValidateResult] = field(default_factory=list)  # one per provider
-    benchmark: list[BenchmarkResult] = field(default_factory=list)  # one per provider
-    search: SearchResult | None = None
-    analyze: AnalyzeResult | None = None
-    job: dict[str, object] | None = None  # the resolved configuration
-    versions: dict[str, str] = field(default_factory=versions)
-
-    @property
-    def gates(self) -> list[Gate]:
-        return [g for step in (*self.validate, *self.benchmark) for g in step.gates]
-
-    @property
-    def passed(self) -> bool:
-        return all(g.passed for g in self.gates)
-
-    @property
-    def measured(self) -> bool:
-        """Whether any step ran after quantize."""
-        return bool(self.validate or self.benchmark or self.search or self.analyze)
-
-    def report(self) -> dict[str, object]:
-        """The report: the whole pipeline's when any step ran after quantize, else quantize's own."""
-        return self.to_dict() if self.measured else self.quantize.to_dict()
-
-    def raise_for_gates(self) -> None:
-        for step in (*self.validate, *self.benchmark):
-            step.raise_for_gates()
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "schema_version": SCHEMA_VERSION, "command": "pipeline", "job": self.job,
-            "quantize": self.quantize.to_dict(),
-            "search": self.search.to_dict() if self.search else None,
-            "validate": [v.to_dict() for v in self.validate],
-            "benchmark": [b.to_dict() for b in self.benchmark],
-            "analyze": self.analyze.to_dict() if self.analyze else None,
-            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,104 +29,29 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.calibration import open_data
-from qconvert.config import DataConfig, Mode, QuantizeConfig, Sensitive
+from qconvert.config import BenchmarkConfig, Mode, QuantizeConfig, SearchConfig, Sensitive, ValidateConfig
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
 from qconvert.measurement.analysis import analyze
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.metrics import ErrorSums, nan_lowest
-from qconvert.measurement.validation import Gates, ValidateConfig, validate
+from qconvert.measurement.validation import validate
 from qconvert.model.files import check_output_path, move_into_place, staging_dir
 from qconvert.model.graph import PROTOBUF_LIMIT
 from qconvert.model.loading import LoadedModel, TensorSpec, input_specs
 from qconvert.providers import cpu_session, quiet_onnxruntime
 from qconvert.quantization.job import QuantizeJob
-from qconvert.results import NodeError, QuantizeResult, ValidateResult, number
+from qconvert.results import KeptNode, NodeError, QuantizeResult, SearchResult, Trial, ValidateResult
 
 if TYPE_CHECKING:
     import onnx
 
     from qconvert.calibration import CalibrationData
 
-DEFAULT_MAX_TRIALS = 12
 EFFECT_CANDIDATES = 64  # suspects whose effect on the outputs is measured, worst own error first
 EFFECT_SAMPLES = 16
 DOMINANT_DB = 6.0  # weights this many dB cleaner than a node's own error do not explain it
 FIRST_NODES = 4  # nodes kept one suspect at a time (k = 1, 2, 4) before whole op types are tried
 TYPE_SHARE = 0.05  # an op type is kept whole only when its nodes cause this share of the measured noise
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """What the search must reach, on which data, and how much it may spend."""
-
-    evaluation: DataConfig
-    gates: Gates
-    max_trials: int = DEFAULT_MAX_TRIALS  # quantize + validate rounds, the first (nothing kept) included
-    analyze_samples: int = 32  # evaluation samples used to rank nodes
-    benchmark_runs: int = 50  # timed runs per trial model at the end; 0 skips timing
-
-    def __post_init__(self) -> None:
-        if self.gates.min_cosine is None and self.gates.max_drop is None and self.gates.min_sqnr is None:
-            raise UsageError("the accuracy search needs a target", hint="add --min-cosine, --max-drop or --min-sqnr")
-        if self.max_trials < 1:
-            raise UsageError(f"--max-trials must be at least 1, got {self.max_trials}")
-
-    def to_dict(self) -> dict[str, object]:
-        return {"evaluation": self.evaluation.source, "target": self.gates.to_dict(), "max_trials": self.max_trials,
-                "analyze_samples": self.analyze_samples, "benchmark_runs": self.benchmark_runs}
-
-
-@dataclass
-class Trial:
-    index: int
-    kept: list[str]  # node names taken out of 8-bit static QDQ
-    handling: str  # what happened to them: "float", "dynamic" or "int16" (QuantizeConfig.sensitive)
-    worst_cosine: float  # lowest mean cosine over the outputs
-    sqnr_db: float  # lowest over the outputs
-    accuracy_drop: float | None  # points, with labels
-    passed: bool
-    p50_ms: float | None = None
-    speedup: float | None = None  # FP32 median latency / this one's
-
-    def to_dict(self) -> dict[str, object]:
-        return {"index": self.index, "sensitive_nodes": len(self.kept), "handling": self.handling, "nodes": self.kept,
-                "worst_cosine": number(self.worst_cosine), "sqnr_db": number(self.sqnr_db, 3),
-                "accuracy_drop": number(self.accuracy_drop, 3), "passed": self.passed,
-                "p50_ms": number(self.p50_ms, 4), "speedup_vs_fp32": number(self.speedup, 3)}
-
-
-@dataclass(frozen=True)
-class KeptNode:
-    node: str
-    op_type: str
-    rank: int | None  # 1 = the largest own error; None: kept with its whole op type, not ranked
-    own_sqnr_db: float
-    total_sqnr_db: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {"node": self.node, "op_type": self.op_type, "rank": self.rank,
-                "own_sqnr_db": number(self.own_sqnr_db, 3), "total_sqnr_db": number(self.total_sqnr_db, 3)}
-
-
-@dataclass
-class SearchResult:
-    config: SearchConfig
-    trials: list[Trial]
-    chosen: int  # index of the trial written to the output
-    kept: list[KeptNode]
-    ranked_nodes: int  # nodes the analysis ranked (0 when the first trial met the target)
-    fp32_p50_ms: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def met(self) -> bool:
-        return self.trials[self.chosen].passed
-
-    def to_dict(self) -> dict[str, object]:
-        return {"config": self.config.to_dict(), "met": self.met, "chosen_trial": self.chosen,
-                "sensitive_nodes": [k.to_dict() for k in self.kept], "ranked_nodes": self.ranked_nodes,
-                "fp32_p50_ms": number(self.fp32_p50_ms, 4), "trials": [t.to_dict() for t in self.trials],
-                "notes": self.notes}
 
 
 def _trial(index: int, kept: list[str], handling: str, v: ValidateResult) -> Trial:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from qconvert import DataConfig, input_specs, load_model, open_data, quantize
+from qconvert.config import BenchmarkConfig
 from qconvert.errors import ModelError, UsageError
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
 
 
 def _feeds(model: Path, batch: int = 1) -> dict[str, np.ndarray]:

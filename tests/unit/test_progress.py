@@ -10,13 +10,13 @@ import pytest
 
 from qconvert import DataConfig, PipelineJob, QuantizeConfig, input_specs, load_model, open_data, progress, quantize
 from qconvert.calibration.npyfile import npz_length
-from qconvert.config import CalibrationMethod
+from qconvert.config import BenchmarkConfig, CalibrationMethod, Gates, SearchConfig
 from qconvert.measurement.analysis import analyze
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
-from qconvert.measurement.validation import Gates, validate
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
+from qconvert.measurement.validation import validate
 from qconvert.quantization.adapter import reads_calibration_cache as _reads_calibration_cache
 from qconvert.workflows.batch import run_batch
-from qconvert.workflows.search import SearchConfig, search_quantize
+from qconvert.workflows.search import search_quantize
 from tests import models
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data, quantize
+from qconvert.config import BenchmarkConfig, EPConfig, Gates, ValidateConfig
 from qconvert.errors import ExitCode, ModelError
-from qconvert.measurement.benchmarking import BenchmarkConfig, batch_feeds, benchmark
-from qconvert.measurement.validation import Gates, ValidateConfig, validate
-from qconvert.providers import EPConfig, ProviderUnavailableError, create_session, list_providers, placement, resolve
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
+from qconvert.measurement.validation import validate
+from qconvert.providers import ProviderUnavailableError, create_session, list_providers, placement, resolve
 from tests.conftest import SAMPLES
 
 CNN = SAMPLES / "digits_cnn.onnx"

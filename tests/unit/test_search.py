@@ -9,11 +9,10 @@ import pytest
 from onnxruntime import __version__ as ort_version
 
 from qconvert import DataConfig, QuantizeConfig, input_specs, load_model, open_data
-from qconvert.config import CalibrationMethod, Sensitive, Target
+from qconvert.config import CalibrationMethod, Gates, SearchConfig, Sensitive, Target
 from qconvert.errors import UsageError
-from qconvert.measurement.validation import Gates
 from qconvert.presets import expand
-from qconvert.workflows.search import SearchConfig, search_quantize
+from qconvert.workflows.search import search_quantize
 from tests import models
 from tests.conftest import SAMPLES
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from qconvert import DataConfig, input_specs, load_model, open_data, quantize
+from qconvert.config import Gates, ValidateConfig
 from qconvert.errors import DataError, GateFailedError, ModelError, UsageError
 from qconvert.measurement.metrics import cosine
-from qconvert.measurement.validation import Gates, ValidateConfig, validate
+from qconvert.measurement.validation import validate
 from tests import models
 from tests.conftest import SAMPLES
 
