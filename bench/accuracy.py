@@ -96,7 +96,7 @@ def minilm(work: Path) -> None:
         out = work / f"{label}.onnx"
         t0 = time.perf_counter()
         search = SearchConfig(evaluation, Gates(min_cosine=0.99), max_trials=12, benchmark_runs=0)
-        _, _, result = search_quantize(loaded, out, calib, config=config, search=search, force=True,
+        result = search_quantize(loaded, out, calib, config=config, search=search, force=True,
                                              on_trial=lambda t: print(f"  {label} trial {t.index}: {len(t.kept)} "
                                                                       f"{t.handling}, cosine {t.worst_cosine:.4f}",
                                                                       file=sys.stderr))

@@ -1,29 +1,65 @@
 """qconvert: quantize FP32 ONNX models for CPUs and NPUs, and prove what it cost.
 
-The library is the product; the `qconvert` command line is a thin layer over these functions.
+The library is the product; the `qconvert` command line is a thin layer over these functions,
+and everything it does a Python caller can do with one import of this package.
 """
 
 from __future__ import annotations
 
 from qconvert.calibration import CalibrationData, open_data
-from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Layout, Mode, QuantizeConfig, WeightType
+from qconvert.config import (
+    ActivationType,
+    BenchmarkConfig,
+    CalibrationMethod,
+    DataConfig,
+    EPConfig,
+    Gates,
+    Layout,
+    Mode,
+    QuantizeConfig,
+    SearchConfig,
+    Sensitive,
+    Target,
+    ValidateConfig,
+    WeightType,
+)
 from qconvert.errors import ExitCode, QconvertError
+from qconvert.measurement.analysis import analyze
+from qconvert.measurement.benchmarking import batch_feeds, benchmark
+from qconvert.measurement.validation import validate
 from qconvert.model.description import describe
 from qconvert.model.loading import LoadedModel, TensorSpec, input_specs, load_model, output_specs
+from qconvert.presets import PRESETS, expand
 from qconvert.quantization.job import quantize
-from qconvert.results import BatchResult, InspectResult, PipelineResult, QuantizeResult
+from qconvert.results import (
+    AnalyzeResult,
+    BatchResult,
+    BenchmarkResult,
+    InspectResult,
+    PipelineResult,
+    QuantizeResult,
+    SearchResult,
+    ValidateResult,
+)
 from qconvert.workflows.batch import run_batch
 from qconvert.workflows.pipeline import PipelineJob, run_job
+from qconvert.workflows.search import search_quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "ActivationType",
+    "AnalyzeResult",
     "BatchResult",
+    "BenchmarkConfig",
+    "BenchmarkResult",
     "CalibrationData",
     "CalibrationMethod",
     "DataConfig",
+    "EPConfig",
     "ExitCode",
+    "Gates",
     "InspectResult",
     "Layout",
     "LoadedModel",
@@ -33,9 +69,19 @@ __all__ = [
     "QconvertError",
     "QuantizeConfig",
     "QuantizeResult",
+    "SearchConfig",
+    "SearchResult",
+    "Sensitive",
+    "Target",
     "TensorSpec",
+    "ValidateConfig",
+    "ValidateResult",
     "WeightType",
+    "analyze",
+    "batch_feeds",
+    "benchmark",
     "describe",
+    "expand",
     "input_specs",
     "load_model",
     "open_data",
@@ -43,4 +89,6 @@ __all__ = [
     "quantize",
     "run_batch",
     "run_job",
+    "search_quantize",
+    "validate",
 ]

@@ -9,6 +9,13 @@ from qconvert.errors import UsageError
 
 # The provider every onnxruntime build has, and the reference every measurement runs FP32 on.
 CPU = "CPUExecutionProvider"
+# NPU providers that run a quantized op only as a whole Q/DQ node unit, its output quantized too.
+NODE_UNIT_PROVIDERS = frozenset({"qnn", "vitisai"})
+
+
+def alias(name: str) -> str:
+    """What --ep calls a provider: `OpenVINOExecutionProvider` -> `openvino`."""
+    return name.strip().lower().removesuffix("executionprovider")
 
 
 class StrEnum(str, Enum):

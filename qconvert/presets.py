@@ -7,10 +7,22 @@ expansion is printed and recorded in the result, so a preset never hides what ra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from qconvert.config import ActivationType, CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
+from qconvert.config import (
+    NODE_UNIT_PROVIDERS,
+    ActivationType,
+    CalibrationMethod,
+    EPConfig,
+    Mode,
+    QuantizeConfig,
+    Sensitive,
+    Target,
+    WeightType,
+    alias,
+)
 from qconvert.errors import UsageError
 
 
@@ -95,3 +107,26 @@ def expand(names: list[str] | tuple[str, ...], explicit: dict[str, Any] | None =
     if unknown:
         raise UsageError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
     return replace(config, **(explicit or {}), presets=tuple(names))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A configuration from presets and explicit fields, with what the providers' rules changed."""
+
+    config: QuantizeConfig
+    explicit: tuple[str, ...]  # fields set explicitly or by a provider's rule: they override the presets
+    warnings: tuple[str, ...]
+
+
+def resolve(names: list[str] | tuple[str, ...], explicit: dict[str, Any], *,
+            providers: Sequence[EPConfig] = ()) -> Resolved:
+    """`expand`, after the rules of the providers the model will run on: an NPU that runs whole Q/DQ
+    node units only (NODE_UNIT_PROVIDERS) needs every output quantized, unless the caller chose."""
+    given = dict(explicit)
+    warnings: list[str] = []
+    npus = sorted({alias(p.provider) for p in providers} & NODE_UNIT_PROVIDERS)
+    if npus and "float_outputs" not in given:
+        given["float_outputs"] = False
+        warnings.append(f"--ep {npus[0]}: every output quantized (--quantize-all-outputs), as its NPU runs a "
+                        "quantized op only with its output quantized too")
+    return Resolved(expand(names, given), tuple(sorted(given)), tuple(warnings))

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from qconvert.config import CPU, EPConfig
+from qconvert.config import CPU, EPConfig, alias
 from qconvert.errors import EnvironmentFailure, ModelError, first_line
 from qconvert.results import Placement, onnxruntime_distribution
 
@@ -70,17 +70,10 @@ QUANTIZED_OPS = frozenset({
 })
 
 
-# NPU providers that run a quantized op only as a whole Q/DQ node unit, its output quantized too.
-NODE_UNIT_PROVIDERS = frozenset({"qnn", "vitisai"})
 
 
 class ProviderUnavailableError(EnvironmentFailure):
     """The execution provider asked for is not in this onnxruntime build nor in a plugin package."""
-
-
-def alias(name: str) -> str:
-    """`OpenVINOExecutionProvider` -> `openvino`."""
-    return name.strip().lower().removesuffix(_SUFFIX.lower())
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ def provider_gates(placement: Placement | None, path: str) -> list[Gate]:
     return [Gate("min_provider_nodes", 1, placement.nodes_on_provider, False, path)]
 
 
-class _Gated:
+class Gated:
     """A result judged by gates: it passes when every gate does."""
 
     gates: list[Gate]
@@ -258,7 +258,7 @@ class _Gated:
 
 
 @dataclass
-class ValidateResult(_Gated):
+class ValidateResult(Gated):
     fp32_path: str
     quantized_path: str
     data: dict[str, object]
@@ -312,7 +312,7 @@ class Latency:
 
 
 @dataclass
-class BenchmarkResult(_Gated):
+class BenchmarkResult(Gated):
     models: list[Latency]
     config: dict[str, object]
     provider: str
@@ -464,6 +464,8 @@ class SearchResult:
     chosen: int  # index of the trial written to the output
     kept: list[KeptNode]
     ranked_nodes: int  # nodes the analysis ranked (0 when the first trial met the target)
+    quantized: QuantizeResult  # the chosen trial's model, as written to the output
+    validation: ValidateResult  # the chosen trial's measurement: its gates say whether the target was met
     fp32_p50_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 

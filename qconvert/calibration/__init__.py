@@ -14,7 +14,7 @@ from qconvert.calibration.synthetic import DEFAULT_SYNTHETIC_SAMPLES, synthetic_
 from qconvert.calibration.testdata import onnx_test_data, test_data_sets
 from qconvert.config import DataConfig
 from qconvert.errors import DataError
-from qconvert.model.loading import TensorSpec
+from qconvert.model.loading import TensorSpec, input_specs, load_model
 
 __all__ = ["CalibrationData", "Sample", "open_data", "sample_mismatches"]
 
@@ -29,6 +29,13 @@ def open_data(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
     data = _reader(config, specs)
     data.check()
     return data
+
+
+def data_for(data: CalibrationData | DataConfig, model: str | Path) -> CalibrationData:
+    """`data` itself, or the samples its configuration names, checked against `model`'s inputs."""
+    if isinstance(data, CalibrationData):
+        return data
+    return open_data(data, input_specs(load_model(model).proto))
 
 
 def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:

@@ -50,18 +50,13 @@ def analyze(
     as_json: JsonOpt = False,
 ) -> None:
     """Rank the nodes of a quantized model by the error each adds on its own, worst first."""
-    from qconvert import input_specs, load_model, open_data
+    from qconvert import analyze as run_analyze
     from qconvert.cli import render
-    from qconvert.measurement.analysis import analyze as run_analyze
-    from qconvert.workflows.pipeline import check_report_path, write_report
+    from qconvert.cli.app import conclude
 
-    if report is not None:
-        check_report_path(report, inputs=options.files_besides(ctx, "report"))
+    plan = options.report_plan(ctx, report)
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)
-    stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
-    result = run_analyze(fp32_model, quantized_model, stream, top=top)
-    if report is not None:
-        write_report(result.to_dict(), report)
-    render.analyze_result(result, as_json=as_json, top=top or 20)
+    result = run_analyze(fp32_model, quantized_model, data_config, top=top)
+    conclude(result, plan, lambda: render.analyze_result(result, as_json=as_json, top=top or 20))

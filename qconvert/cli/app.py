@@ -7,12 +7,16 @@ import logging
 import signal
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from qconvert.cli import supervise
 from qconvert.errors import ExitCode, InternalError, QconvertError, as_error
+from qconvert.results import AnalyzeResult
+
+if TYPE_CHECKING:
+    from qconvert.report.writing import Reported, ReportPlan
 
 app = typer.Typer(
     name="qconvert",
@@ -69,53 +73,59 @@ def _quiet_runtime() -> None:
         pass
 
 
+def _run(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool) -> int:
+    """Run a command body; every exception becomes its exit code here (`errors.as_error`)."""
+    from qconvert.cli import render
+
+    try:
+        _quiet_runtime()
+        if kwargs.get("save_recipe") is not None:
+            from qconvert.cli import recipe
+
+            recipe.save(kwargs["ctx"], kwargs["save_recipe"])
+        with render.stderr_display(quiet=_quiet.get()):
+            func(*args, **kwargs)
+        return ExitCode.OK
+    except KeyboardInterrupt:
+        render.interrupted()
+        return ExitCode.INTERRUPTED
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except Exception as exc:
+        error = as_error(exc)
+        if not isinstance(error, InternalError):
+            return _failed(error, as_json)
+        if _debug.get():
+            raise
+        render.internal_error(exc)
+        return ExitCode.INTERNAL
+
+
+def _failed(exc: QconvertError, as_json: bool) -> int:
+    from qconvert.cli import render
+
+    if _debug.get():
+        logging.getLogger("qconvert").exception("error")
+    render.error(exc, as_json=as_json)
+    return int(exc.exit_code)
+
+
 def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F], F]:
-    """Register a command whose exceptions map to exit codes here and nowhere else. From the
+    """Register a command whose exceptions map to exit codes in `_run` and nowhere else. From the
     console script, the command runs in a supervised worker unless `isolate` is false (for
     commands that only dispatch to another). A command with a `save_recipe` option writes its
     recipe first."""
-    from qconvert.cli import render
 
     def decorate(func: F) -> F:
-        def run(args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool) -> int:
-            try:
-                _quiet_runtime()
-                if kwargs.get("save_recipe") is not None:
-                    from qconvert.cli import recipe
-
-                    recipe.save(kwargs["ctx"], kwargs["save_recipe"])
-                with render.stderr_display(quiet=_quiet.get()):
-                    func(*args, **kwargs)
-                return ExitCode.OK
-            except KeyboardInterrupt:
-                render.interrupted()
-                return ExitCode.INTERRUPTED
-            except typer.Exit as exc:
-                return int(exc.exit_code)
-            except Exception as exc:
-                error = as_error(exc)
-                if not isinstance(error, InternalError):
-                    return failed(error, as_json)
-                if _debug.get():
-                    raise
-                render.internal_error(exc)
-                return ExitCode.INTERNAL
-
-        def failed(exc: QconvertError, as_json: bool) -> int:
-            if _debug.get():
-                logging.getLogger("qconvert").exception("error")
-            render.error(exc, as_json=as_json)
-            return int(exc.exit_code)
-
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             as_json = bool(kwargs.get("as_json"))
             if isolate and _isolated.get() and supervise.available():
-                outcome = supervise.supervise(lambda: run(args, kwargs, as_json),
+                outcome = supervise.supervise(lambda: _run(func, args, kwargs, as_json),
                                                _budget.get() or supervise.Budget())
-                code = outcome if isinstance(outcome, int) else failed(outcome, as_json)
+                code = outcome if isinstance(outcome, int) else _failed(outcome, as_json)
             else:
-                code = run(args, kwargs, as_json)
+                code = _run(func, args, kwargs, as_json)
             if code:
                 raise typer.Exit(code)
 
@@ -123,6 +133,22 @@ def command(name: str, *, isolate: bool = True, **settings: Any) -> Callable[[F]
         return func
 
     return decorate
+
+
+def conclude(result: Reported, plan: ReportPlan | None, show: Callable[[], None]) -> None:
+    """How every command that produces a result ends: its report, then the result on stdout (`show`:
+    JSON or tables), then its verdict: exit 3 when a gate is missed, a batch's own exit code."""
+    from qconvert.report.writing import write_reports
+    from qconvert.results import BatchResult
+
+    if plan is not None:
+        write_reports(result, plan)
+    show()
+    if isinstance(result, BatchResult):
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
+    elif not isinstance(result, AnalyzeResult):
+        result.raise_for_gates()
 
 
 def main() -> None:

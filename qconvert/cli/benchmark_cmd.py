@@ -57,25 +57,16 @@ def benchmark(
     as_json: JsonOpt = False,
 ) -> None:
     """Time models side by side (A B A B …) on a provider; exit 3 when a gate fails."""
-    from qconvert import input_specs, load_model, open_data
+    from qconvert import BenchmarkConfig
+    from qconvert import benchmark as run_benchmark
     from qconvert.cli import render
-    from qconvert.config import BenchmarkConfig
-    from qconvert.measurement.benchmarking import batch_feeds
-    from qconvert.measurement.benchmarking import benchmark as run_benchmark
-    from qconvert.workflows.pipeline import check_report_path, write_report
+    from qconvert.cli.app import conclude
 
-    if report is not None:
-        check_report_path(report, inputs=options.files_besides(ctx, "report"))
-    config = BenchmarkConfig(
-        runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
-        ep=options.ep_config(ep, ep_option, threads),
-    )
+    plan = options.report_plan(ctx, report)
+    config = BenchmarkConfig(runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
+                             ep=options.ep_config(ep, ep_option, threads))
     data_config = options.data_config(data or "synthetic", samples=None, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)
-    feeds = batch_feeds(open_data(data_config, input_specs(load_model(models[0]).proto)), batch)
-    result = run_benchmark(list(models), feeds, config=config)
-    if report is not None:
-        write_report(result.to_dict(), report)
-    render.benchmark_result(result, as_json=as_json)
-    result.raise_for_gates()
+    result = run_benchmark(list(models), data_config, config=config)
+    conclude(result, plan, lambda: render.benchmark_result(result, as_json=as_json))

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from qconvert.config import DataConfig, Layout
+from qconvert.config import DataConfig, EPConfig, Layout, alias
 from qconvert.errors import UsageError
 
 if TYPE_CHECKING:
-    from qconvert.config import EPConfig
+    from qconvert.report.writing import ReportPlan
 
 ModelArg = Annotated[Path, typer.Argument(help="ONNX model file.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -120,9 +120,6 @@ def ep_config(provider: str, items: list[str] | None, threads: int) -> EPConfig:
 def ep_configs(providers: list[str] | None, items: list[str] | None, threads: int) -> tuple[EPConfig, ...]:
     """One EPConfig per --ep (default: cpu). An --ep-option applies to every provider, or, written
     PROVIDER:KEY=VALUE, to that one only."""
-    from qconvert.config import EPConfig
-    from qconvert.providers import alias
-
     names = list(dict.fromkeys(providers or ["cpu"]))
     options: dict[str, list[tuple[str, str]]] = {alias(name): [] for name in names}
     for item in items or []:
@@ -151,6 +148,13 @@ def data_config(source: str, *, samples: int | None, shape: list[str] | None, im
 
 
 _WRITTEN = ("output", "report", "save_recipe")  # parameters naming files the command writes
+
+
+def report_plan(ctx: typer.Context, report: Path | None) -> ReportPlan | None:
+    """Where the command's --report goes, checked before any work (never a file the run reads or writes)."""
+    from qconvert.report.writing import plan_reports
+
+    return None if report is None else plan_reports(report, (), batch=False, besides=files_besides(ctx, "report"))
 
 
 def files_besides(ctx: typer.Context, param: str) -> tuple[Path, ...]:

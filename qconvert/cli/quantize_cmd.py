@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,12 +32,20 @@ from qconvert.cli.options import (
     StdOpt,
     ThreadsOpt,
 )
-from qconvert.config import ActivationType, CalibrationMethod, DataConfig, Mode, Sensitive, Target, WeightType
+from qconvert.config import (
+    ActivationType,
+    CalibrationMethod,
+    DataConfig,
+    EPConfig,
+    Layout,
+    Mode,
+    QuantizeConfig,
+    Sensitive,
+    Target,
+    WeightType,
+)
 from qconvert.errors import UsageError
-from qconvert.presets import PRESETS, expand
-
-if TYPE_CHECKING:
-    from qconvert.workflows.pipeline import PipelineJob
+from qconvert.presets import PRESETS, resolve
 
 
 @command("quantize")
@@ -141,98 +150,61 @@ def quantize(
 ) -> None:
     """Quantize a model: static QDQ with calibration data, or dynamic; optionally validate, benchmark and
     analyze it against FP32 in the same run (exit 3 when a gate fails). Several models make a batch."""
+    from qconvert import BenchmarkConfig, Gates, PipelineJob, SearchConfig, run_batch, run_job
     from qconvert.cli import render
-    from qconvert.config import BenchmarkConfig, Gates, SearchConfig
-    from qconvert.providers import NODE_UNIT_PROVIDERS, alias
-    from qconvert.workflows.batch import batch_jobs, expand_models, run_batch
-    from qconvert.workflows.pipeline import PipelineJob, check_report_path, run_job, write_report
+    from qconvert.cli.app import conclude
+    from qconvert.report.writing import plan_reports
+    from qconvert.workflows.batch import batch_jobs, expand_models
 
-    fields = {  # QuantizeConfig field: (CLI parameter, value)
-        "mode": ("mode", mode), "activations": ("activations", activations), "weights": ("weights", weights),
-        "per_channel": ("per_channel", per_channel), "reduce_range": ("reduce_range", reduce_range),
-        "symmetric_activations": ("symmetric_activations", symmetric_activations),
-        "symmetric_weights": ("symmetric_weights", symmetric_weights), "method": ("method", method),
-        "percentile": ("percentile", percentile), "op_types": ("op_types", _split(op_types)),
-        "exclude_op_types": ("exclude_op_types", _split(exclude_op_types)),
-        "exclude_nodes": ("exclude_nodes", tuple(exclude_nodes or ())), "subgraphs": ("subgraphs", subgraphs),
-        "preprocess": ("preprocess", preprocess),
-        "fixed_shapes": ("fix_shape", options.parse_shapes(fix_shape, "--fix-shape")),
-        "target": ("target", target), "sensitive": ("sensitive", sensitive), "smooth": ("smooth", smooth),
-        "float_outputs": ("float_outputs", float_outputs),
-    }
-    given = {field: value for field, (param, value) in fields.items()
-             if _given(ctx, param)}
-    providers = options.ep_configs(ep, ep_option, threads)
-    npus = sorted({alias(p.provider) for p in providers} & NODE_UNIT_PROVIDERS)
-    if npus and "float_outputs" not in given:
-        given["float_outputs"] = False
-        render.warnings([f"--ep {npus[0]}: every output quantized (--quantize-all-outputs), as its NPU runs a "
-                         "quantized op only with its output quantized too"])
-    config = expand(_split(preset), given)
-    if preset:
-        render.presets([PRESETS[name] for name in config.presets], sorted(given))
-    # Synthetic data for a model made static takes the fixed shapes unless --shape says otherwise.
-    shape = shape or fix_shape
-
-    def data(source: str, samples: int | None = None, labeled: bool = False) -> DataConfig:
-        return options.data_config(source, samples=samples, shape=shape, image_size=image_size, mean=mean, std=std,
-                                   layout=layout, labels=labels if labeled else None,
-                                   allow_nonfinite=allow_nonfinite)
-
-    gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
-    if validate_data is None and eval_data is None and (
-            labels or then_analyze or min_cosine is not None or max_drop is not None or min_sqnr is not None):
+    if labels and validate_data is None and eval_data is None:
         raise UsageError("accuracy gates and --analyze need evaluation data",
                          hint="add --eval-data DATA or --validate DATA")
     if not then_benchmark and (runs is not None or min_speedup is not None):
         raise UsageError("--runs and --min-speedup need --benchmark")
+    providers = options.ep_configs(ep, ep_option, threads)
+    gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
     template = PipelineJob(
-        model=Path(), output=output, config=config, force=force, gates=gates, analyze=then_analyze,
-        calibration=data(calib, calib_samples) if calib is not None else None,
-        evaluation=data(validate_data, labeled=True) if validate_data is not None else None,
-        providers=providers,
-        search=SearchConfig(evaluation=data(eval_data, eval_samples, labeled=True), gates=gates,
+        model=Path(), output=output, config=_config(ctx, providers), force=force, gates=gates,
+        analyze=then_analyze, providers=providers,
+        calibration=_data(ctx, calib, calib_samples) if calib is not None else None,
+        evaluation=_data(ctx, validate_data, labeled=True) if validate_data is not None else None,
+        search=SearchConfig(evaluation=_data(ctx, eval_data, eval_samples, labeled=True), gates=gates,
                             max_trials=max_trials) if eval_data is not None else None,
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
     models, is_batch = expand_models(model)
-    if not is_batch:
-        job = batch_jobs(template, models, batch=False)[0]
-        if report is not None:
-            check_report_path(report, inputs=options.files_besides(ctx, "report"))
-        result = run_job(job, on_trial=render.trial if eval_data else None)
-        payload = result.report()
-        if report is not None:
-            write_report(payload, report)
-        render.pipeline_result(result, payload, as_json=as_json)
-        result.raise_for_gates()
-        return
-    jobs_ = batch_jobs(template, models, batch=True)
-    reports = _report_paths(report, jobs_, options.files_besides(ctx, "report")) if report is not None else []
-    per_model = report is not None and "{stem}" in str(report)
-    batch = run_batch(jobs_, workers=jobs, on_done=render.batch_item)
-    if per_model:
-        for path, item in zip(reports, batch.items, strict=True):
-            if item.result is not None:
-                write_report(item.result, path)
-    elif report is not None:
-        write_report(batch.to_dict(), report)
-    render.batch_result(batch, as_json=as_json)
-    if batch.exit_code:
-        raise typer.Exit(batch.exit_code)
+    planned = batch_jobs(template, models, batch=is_batch)
+    plan = None if report is None else plan_reports(report, planned, batch=is_batch,
+                                                    besides=options.files_besides(ctx, "report"))
+    if is_batch:
+        batch = run_batch(planned, workers=jobs, on_done=render.batch_item)
+        conclude(batch, plan, lambda: render.batch_result(batch, as_json=as_json))
+    else:
+        result = run_job(planned[0], on_trial=render.trial if eval_data else None)
+        conclude(result, plan, lambda: render.pipeline_result(result, result.report(), as_json=as_json))
 
 
-def _report_paths(report: Path, jobs: list[PipelineJob], besides: tuple[Path, ...]) -> list[Path]:
-    """The batch's report files, checked before any work: one per model when the name has {stem}
-    (in the models' order), else one for the batch. Their folders are made like the outputs'."""
-    from qconvert.workflows.batch import output_for
-    from qconvert.workflows.pipeline import check_report_path
+def _config(ctx: typer.Context, providers: tuple[EPConfig, ...]) -> QuantizeConfig:
+    """The presets, then the options given explicitly (not their defaults), under the providers' rules."""
+    from qconvert.cli import render
 
-    paths = [output_for(j.model, report, batch=True) for j in jobs] if "{stem}" in str(report) else [report]
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_report_path(path, inputs=(*besides, *(j.model for j in jobs), *(j.output for j in jobs)))
-    return paths
+    given = {field: convert(ctx.params[param]) if convert else ctx.params[param]
+             for field, (param, convert) in _CONFIG_FIELDS.items() if _given(ctx, param)}
+    resolved = resolve(_split(ctx.params["preset"]), given, providers=providers)
+    render.warnings(list(resolved.warnings))
+    if ctx.params["preset"]:
+        render.presets([PRESETS[name] for name in resolved.config.presets], list(resolved.explicit))
+    return resolved.config
+
+
+def _data(ctx: typer.Context, source: str, samples: int | None = None, labeled: bool = False) -> DataConfig:
+    """How --calib, --validate and --eval-data are read; synthetic data for a model made static takes
+    the fixed shapes unless --shape says otherwise."""
+    p = ctx.params
+    return options.data_config(source, samples=samples, shape=p["shape"] or p["fix_shape"],
+                               image_size=p["image_size"], mean=p["mean"], std=p["std"],
+                               layout=Layout(p["layout"]) if p["layout"] else None,
+                               labels=p["labels"] if labeled else None, allow_nonfinite=p["allow_nonfinite"])
 
 
 def _given(ctx: typer.Context, param: str) -> bool:
@@ -243,3 +215,19 @@ def _given(ctx: typer.Context, param: str) -> bool:
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
     return tuple(v.strip() for item in values or [] for v in item.split(",") if v.strip())
+
+
+# QuantizeConfig field: (the CLI parameter that sets it, how its value in ctx.params (choices as their
+# strings) becomes the field's)
+_CONFIG_FIELDS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
+    "mode": ("mode", Mode), "activations": ("activations", ActivationType), "weights": ("weights", WeightType),
+    "per_channel": ("per_channel", None), "reduce_range": ("reduce_range", None),
+    "symmetric_activations": ("symmetric_activations", None), "symmetric_weights": ("symmetric_weights", None),
+    "method": ("method", CalibrationMethod), "percentile": ("percentile", None), "op_types": ("op_types", _split),
+    "exclude_op_types": ("exclude_op_types", _split),
+    "exclude_nodes": ("exclude_nodes", lambda v: tuple(v or ())), "subgraphs": ("subgraphs", None),
+    "preprocess": ("preprocess", None),
+    "fixed_shapes": ("fix_shape", lambda v: options.parse_shapes(v, "--fix-shape")),
+    "target": ("target", Target), "sensitive": ("sensitive", Sensitive), "smooth": ("smooth", None),
+    "float_outputs": ("float_outputs", None),
+}

@@ -156,7 +156,7 @@ def save(ctx: typer.Context, path: Path) -> None:
 
     from qconvert.cli.options import files_besides
     from qconvert.model.files import write_output
-    from qconvert.workflows.pipeline import check_report_path
+    from qconvert.report.writing import check_report_path
 
     check_report_path(path, inputs=files_besides(ctx, "save_recipe"))
     folder = path.parent

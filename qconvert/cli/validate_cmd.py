@@ -56,24 +56,16 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure a quantized model against its FP32 original on real data; exit 3 when a gate fails."""
-    from qconvert import input_specs, load_model, open_data
+    from qconvert import Gates, ValidateConfig
+    from qconvert import validate as run_validate
     from qconvert.cli import render
-    from qconvert.config import Gates, ValidateConfig
-    from qconvert.measurement.validation import validate as run_validate
-    from qconvert.workflows.pipeline import check_report_path, write_report
+    from qconvert.cli.app import conclude
 
-    if report is not None:
-        check_report_path(report, inputs=options.files_besides(ctx, "report"))
-    config = ValidateConfig(
-        gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
-        ep=options.ep_config(ep, ep_option, threads),
-    )
+    plan = options.report_plan(ctx, report)
+    config = ValidateConfig(gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
+                            ep=options.ep_config(ep, ep_option, threads))
     data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
                                       mean=mean, std=std, layout=layout, labels=labels,
                                       allow_nonfinite=allow_nonfinite)
-    stream = open_data(data_config, input_specs(load_model(fp32_model).proto))
-    result = run_validate(fp32_model, quantized_model, stream, config=config)
-    if report is not None:
-        write_report(result.to_dict(), report)
-    render.validate_result(result, as_json=as_json)
-    result.raise_for_gates()
+    result = run_validate(fp32_model, quantized_model, data_config, config=config)
+    conclude(result, plan, lambda: render.validate_result(result, as_json=as_json))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert import progress
+from qconvert.calibration import data_for
 from qconvert.errors import DataError, ModelError, first_line
 from qconvert.measurement.metrics import ErrorSums, nan_lowest
 from qconvert.model.files import scratch_dir
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     import onnxruntime
 
     from qconvert.calibration import CalibrationData
+    from qconvert.config import DataConfig
 
 SUFFIX = "::fp32"
 OWN = "::own"
@@ -170,13 +172,15 @@ def _own_output(layout: _Layout, t: str) -> str:
     return f"{t}{OWN}" if layout.compared[t] != t else t
 
 
-def analyze(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData, *,
+def analyze(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData | DataConfig, *,
             top: int | None = None, work: Path | None = None, prepare_reference: bool = True) -> AnalyzeResult:
-    """Per-node error of `quantized_model` against `fp32_model` on `data`, worst own error first.
+    """Per-node error of `quantized_model` against `fp32_model` on `data` (samples, or the
+    configuration that names them), worst own error first.
 
     The exposing copies of both models go to `work` (kept), or to a temporary folder (removed).
     `prepare_reference=False` says `fp32_model` is already the graph the quantizer saw.
     """
+    data = data_for(data, fp32_model)
     if work is None:
         with scratch_dir() as tmp:
             return analyze(fp32_model, quantized_model, data, top=top, work=Path(tmp),

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert import progress
-from qconvert.config import DEFAULT_RUNS, BenchmarkConfig
+from qconvert.calibration import data_for
+from qconvert.config import DEFAULT_RUNS, BenchmarkConfig, DataConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.model.loading import check_model_file
 from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
@@ -87,14 +88,17 @@ def _check_inputs(sessions: list[Any], paths: list[Path]) -> None:
                              hint="benchmark models that take the same inputs, or run them separately")
 
 
-def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray], *,
+def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfig, *,
               config: BenchmarkConfig | None = None) -> BenchmarkResult:
-    """Latency of each model on `feeds` (one batch), interleaved, with the speedup of each over
-    the first; on a non-CPU provider also where each model's nodes really ran."""
+    """Latency of each model on `feeds` (one batch, or the data whose first `config.batch` samples
+    make it), interleaved, with the speedup of each over the first; on a non-CPU provider also where
+    each model's nodes really ran."""
     config = config or BenchmarkConfig()
     if not models:
         raise UsageError("no model to benchmark")
     paths = [Path(m) for m in models]
+    if isinstance(feeds, DataConfig):
+        feeds = batch_feeds(data_for(feeds, paths[0]), config.batch)
     for path in paths:
         check_model_file(path)
     provider = resolve(config.ep.provider)

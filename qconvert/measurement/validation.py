@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qconvert import progress
+from qconvert.calibration import data_for
 from qconvert.config import EPConfig, Gates, ValidateConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.measurement.metrics import cosine, nan_lowest, sqnr_db
@@ -25,6 +26,7 @@ from qconvert.results import Gate, OutputMetrics, ValidateResult, provider_gates
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
+    from qconvert.config import DataConfig
 
 
 @dataclass
@@ -105,13 +107,15 @@ def _accuracy(correct: int, total: int) -> float | None:
     return correct / total if total else None
 
 
-def validate(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData, *,
+def validate(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData | DataConfig, *,
              config: ValidateConfig | None = None) -> ValidateResult:
-    """Run both models on every sample of `data` and measure how far the quantized outputs are
-    from FP32; with labels (`data.label_key`) also top-1 accuracy of both. Gates are evaluated
-    into the result (`result.passed`); raising on failure is the caller's choice."""
+    """Run both models on every sample of `data` (samples, or the configuration that names them) and
+    measure how far the quantized outputs are from FP32; with labels (`data.label_key`) also top-1
+    accuracy of both. Gates are evaluated into the result (`result.passed`); raising on failure is
+    the caller's choice."""
     config = config or ValidateConfig()
     fp32_path, quant_path = Path(fp32_model), Path(quantized_model)
+    data = data_for(data, fp32_path)
     if config.gates.max_drop is not None and data.label_key is None:
         raise UsageError("--max-drop needs labels", hint="name the labels key with --labels KEY")
     check_model_file(fp32_path)

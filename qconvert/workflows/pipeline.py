@@ -8,19 +8,17 @@ can run it in a worker process.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.calibration import open_data
 from qconvert.config import BenchmarkConfig, DataConfig, EPConfig, Gates, QuantizeConfig, SearchConfig, ValidateConfig
-from qconvert.errors import OutputError, UsageError
+from qconvert.errors import UsageError
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.validation import validate
-from qconvert.model.files import is_same_file, write_output
 from qconvert.model.loading import LoadedModel, input_specs, load_model
 from qconvert.quantization.job import quantize
 from qconvert.results import (
@@ -55,8 +53,10 @@ class PipelineJob:
     def __post_init__(self) -> None:
         if not self.providers:
             raise UsageError("no execution provider to run on")
-        if self.analyze and self.evaluation is None and self.search is None:
-            raise UsageError("the node ranking needs evaluation data", hint="add --validate DATA or --eval-data DATA")
+        gated = any(v is not None for v in (self.gates.min_cosine, self.gates.max_drop, self.gates.min_sqnr))
+        if (self.analyze or gated) and self.evaluation is None and self.search is None:
+            raise UsageError("accuracy gates and --analyze need evaluation data",
+                             hint="add --eval-data DATA or --validate DATA")
 
     def to_dict(self) -> dict[str, object]:
         """The resolved configuration, as the report shows it."""
@@ -94,9 +94,10 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
     each provider; then, when `analyze_nodes`, rank the quantized nodes by their own error."""
     specs = input_specs(model.proto)
     if search is not None:
-        quantized, checked, searched = search_quantize(model, output, calibration, config=config, search=search,
-                                                       force=force, on_trial=on_trial)
-        result = PipelineResult(quantize=quantized, search=searched, validate=[] if evaluation else [checked])
+        searched = search_quantize(model, output, calibration, config=config, search=search, force=force,
+                                   on_trial=on_trial)
+        result = PipelineResult(quantize=searched.quantized, search=searched,
+                                validate=[] if evaluation else [searched.validation])
     else:
         result = PipelineResult(quantize=quantize(model, output, calibration, config=config, force=force))
     if evaluation is not None:
@@ -113,30 +114,3 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
         limit = min(measured_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
         result.analyze = analyze(model.path, output, open_data(replace(measured_on, max_samples=limit), specs))
     return result
-
-
-def check_report_path(path: Path, *, inputs: Iterable[Path] = ()) -> None:
-    """Refuse a report that could not be written, or that would replace one of `inputs` (the run's
-    models, data and outputs; directly or through a link), before any work is done for it."""
-    if path.is_dir():
-        raise OutputError(f"the report {path} is a folder", hint="give a file name ending in .json or .html")
-    if not path.parent.is_dir():
-        raise OutputError(f"cannot write the report {path}: its folder does not exist",
-                          hint="create the folder first, or write the report elsewhere")
-    for src in inputs:
-        if is_same_file(path, src):
-            raise OutputError(f"the report {path} would replace {src}, which this run reads or writes",
-                              hint="write the report to a file of its own; qconvert never modifies its inputs")
-
-
-def write_report(payload: dict[str, object], path: str | Path) -> None:
-    """Write a report atomically (a temporary file beside it, then a rename): HTML when the name
-    ends in .html or .htm, else JSON."""
-    target = Path(path)
-    if target.suffix.lower() in (".html", ".htm"):
-        from qconvert.report.html import render_html
-
-        text = render_html(payload)
-    else:
-        text = json.dumps(payload, indent=2) + "\n"
-    write_output(target, text, "report")

@@ -69,10 +69,10 @@ def _score(t: Trial) -> tuple[float, float, int]:
 def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationData | None, *,
                     config: QuantizeConfig, search: SearchConfig, force: bool = False,
                     on_trial: Callable[[Trial], None] | None = None,
-                    ) -> tuple[QuantizeResult, ValidateResult, SearchResult]:
+                    ) -> SearchResult:
     """Quantize `model` into `output` meeting `search.gates` on `search.evaluation` with the fewest
     nodes kept in float. When the budget runs out first, the closest trial is written and the
-    returned validation's gates say it missed."""
+    result's `validation` gates say it missed."""
     out = Path(output)
     check_output_path(out, inputs=(model.path,), force=force)
     specs = input_specs(model.proto)
@@ -123,16 +123,15 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
             _search(ranking, job, search.max_trials, config.sensitive is Sensitive.INT16, run, lambda: len(trials))
         passing = [t for t in trials if t.passed]
         best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
-        result = SearchResult(search, trials, best.index, [], len(ranking), notes=notes)
-        result.kept = _kept(best.kept, ranking, job)
         if not ranking and not trials[0].passed:
-            result.notes.append("no quantized node could be ranked against FP32 (tensor names did not match)")
-        if search.benchmark_runs:
-            _time_trials(model.path, [r[0] for r in runs], trials, result, search, specs)
+            notes.append("no quantized node could be ranked against FP32 (tensor names did not match)")
+        fp32_ms = _time_trials(model.path, [r[0] for r in runs], trials, search, specs) if search.benchmark_runs \
+            else None
         path, quantized, checked = runs[best.index]
         quantized.bytes_after = move_into_place(path, out)
         checked.quantized_path = str(out)
-    return quantized, checked, result
+    return SearchResult(search, trials, best.index, _kept(best.kept, ranking, job), len(ranking), quantized, checked,
+                        fp32_p50_ms=fp32_ms, notes=notes)
 
 
 @dataclass(frozen=True)
@@ -386,11 +385,12 @@ def _kept(names: list[str], ranking: list[_Suspect], job: QuantizeJob) -> list[K
     return [found.get(name) or KeptNode(name, op_types.get(name, "?"), None, math.nan, math.nan) for name in names]
 
 
-def _time_trials(fp32: Path, paths: list[Path], trials: list[Trial], result: SearchResult, search: SearchConfig,
-                 specs: list[TensorSpec]) -> None:
-    """FP32 and every trial model timed interleaved, one thread: the latency of each exclusion set."""
+def _time_trials(fp32: Path, paths: list[Path], trials: list[Trial], search: SearchConfig,
+                 specs: list[TensorSpec]) -> float:
+    """FP32 and every trial model timed interleaved, one thread: the latency of each exclusion set.
+    Returns FP32's median."""
     feeds = batch_feeds(open_data(search.evaluation, specs), 1)
     timed = benchmark([fp32, *paths], feeds, config=BenchmarkConfig(runs=search.benchmark_runs, reference_first=True))
-    result.fp32_p50_ms = timed.models[0].p50_ms
     for trial, latency in zip(trials, timed.models[1:], strict=True):
         trial.p50_ms, trial.speedup = latency.p50_ms, latency.speedup
+    return timed.models[0].p50_ms

@@ -154,7 +154,7 @@ def test_the_search_counts_trials_with_their_steps_inside(outlier: tuple[Path, P
     search = SearchConfig(DataConfig(str(evaluation)), Gates(min_cosine=0.999), max_trials=6, benchmark_runs=3)
     recorder = Recorder()
     with progress.reporting(recorder):
-        _, _, result = search_quantize(loaded, tmp_path / "q.onnx", _data(model, calib), config=QuantizeConfig(),
+        result = search_quantize(loaded, tmp_path / "q.onnx", _data(model, calib), config=QuantizeConfig(),
                                        search=search)
     (searched,) = recorder.named("accuracy search")
     assert (searched.total, searched.done, searched.parent) == (6, len(result.trials), None)

@@ -22,7 +22,8 @@ def _search(model: Path, calib: Path, evaluation: Path, out: Path, *, config: Qu
     loaded = load_model(model)
     data = open_data(DataConfig(str(calib)), input_specs(loaded.proto))
     search = SearchConfig(DataConfig(str(evaluation), labels=labels), Gates(**target), benchmark_runs=3)
-    return search_quantize(loaded, out, data, config=config or QuantizeConfig(), search=search)
+    result = search_quantize(loaded, out, data, config=config or QuantizeConfig(), search=search)
+    return result.quantized, result.validation, result
 
 
 def test_keeps_the_culprit_and_the_writer_of_its_input_in_float(outlier: tuple[Path, Path, Path],
@@ -64,7 +65,8 @@ def test_search_on_a_sample_model_with_labels(tmp_path: Path) -> None:
     data = open_data(DataConfig(str(SAMPLES / "digits.calib.npz"), max_samples=64), input_specs(loaded.proto))
     search = SearchConfig(DataConfig(str(SAMPLES / "digits.eval.npz"), max_samples=120, labels="labels"),
                           Gates(max_drop=0.5), benchmark_runs=0)
-    _, checked, result = search_quantize(loaded, tmp_path / "q.onnx", data, config=QuantizeConfig(), search=search)
+    result = search_quantize(loaded, tmp_path / "q.onnx", data, config=QuantizeConfig(), search=search)
+    checked = result.validation
     assert result.met and checked.accuracy_drop is not None and checked.accuracy_drop <= 0.5
     assert result.fp32_p50_ms is None  # timing skipped
 
