@@ -9,7 +9,7 @@ from qconvert.config import Mode
 from qconvert.model.graph import all_initializers, iter_nodes, tensor_nbytes, tensor_numel
 from qconvert.model.loading import LoadedModel, input_specs, load_model, output_specs
 from qconvert.quantization.adapter import candidate_op_types
-from qconvert.quantization.plan import quantization_kinds
+from qconvert.quantization.planning import quantization_kinds
 from qconvert.results import InspectResult
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from onnxruntime.quantization import QuantType
 
     from qconvert.calibration import CalibrationData
-    from qconvert.quantization.plan import Plan
+    from qconvert.quantization.planning import Plan
 
 
 def candidate_op_types(mode: Mode) -> frozenset[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qconvert.model.graph import iter_nodes
-from qconvert.quantization.plan import QDQ_OPS, Plan, quantized_names
+from qconvert.quantization.planning import QDQ_OPS, Plan, quantized_names
 
 if TYPE_CHECKING:
     from pathlib import Path

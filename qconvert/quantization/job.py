@@ -25,7 +25,7 @@ from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import cpu_session, quiet_onnxruntime
 from qconvert.quantization import adapter
 from qconvert.quantization.float_outputs import float_outputs
-from qconvert.quantization.plan import Plan, plan, quantization_kinds, quantized_names, skip_reason
+from qconvert.quantization.planning import Plan, plan, quantization_kinds, quantized_names, skip_reason
 from qconvert.quantization.preparation import prepare
 from qconvert.quantization.ranges import Calibration, calibrate
 from qconvert.quantization.smoothing import smooth

@@ -317,7 +317,7 @@ def _search(ranking: list[_Suspect], job: QuantizeJob, max_trials: int, widen: b
 def _noisy_op_types(ranking: list[_Suspect]) -> list[tuple[str, float]]:
     """Op types other than the weighted ones, by the share of the measured output noise their nodes
     cause, worst first; only those above TYPE_SHARE, and only when more than one node is measured."""
-    from qconvert.quantization.plan import WEIGHTED_OPS
+    from qconvert.quantization.planning import WEIGHTED_OPS
 
     measured = [s for s in ranking if not math.isnan(s.effect)]
     total = sum(s.effect for s in measured)

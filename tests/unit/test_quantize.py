@@ -13,7 +13,7 @@ import pytest
 from qconvert import DataConfig, Mode, QuantizeConfig, input_specs, load_model, open_data, quantize
 from qconvert.config import ActivationType, CalibrationMethod, WeightType
 from qconvert.errors import ModelError, NothingQuantizedError, OutputError, UsageError
-from qconvert.quantization.plan import quantization_kinds
+from qconvert.quantization.planning import quantization_kinds
 from tests import models
 
 
