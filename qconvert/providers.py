@@ -60,7 +60,6 @@ def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
     return [(a.name, a.type, None if a.shape is None else len(a.shape)) for a in args]
 
 
-_SUFFIX = "ExecutionProvider"
 # Ops that exist only in quantized graphs: what "quantized nodes" counts in a placement.
 QUANTIZED_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",

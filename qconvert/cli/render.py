@@ -178,7 +178,7 @@ def inspect_result(r: InspectResult) -> None:
     out.print(f"already quantized: {'[yellow]yes (' + fmt + ')[/]' if fmt else 'no'}", highlight=False)
 
 
-def quantize_result(r: QuantizeResult, *, verbose: bool = False) -> None:
+def quantize_result(r: QuantizeResult) -> None:
     d = r.to_dict()
     out.print(f"[bold]{escape(r.input_path)}[/] → [bold]{escape(r.output_path)}[/]", highlight=False)
     smoke = " [yellow](synthetic data: smoke run, not a real calibration)[/]" if r.smoke_run else ""
@@ -197,7 +197,7 @@ def quantize_result(r: QuantizeResult, *, verbose: bool = False) -> None:
         reasons.add_column("examples")
         for reason, n in r.skip_reasons().most_common():
             names = [s.name for s in r.skipped if s.reason == reason]
-            shown = names if verbose else names[:3]
+            shown = names[:3]
             more = " …" if len(names) > len(shown) else ""
             reasons.add_row(escape(reason), str(n), escape(", ".join(shown) + more))
         out.print(reasons)

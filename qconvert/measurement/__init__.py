@@ -1,0 +1,2 @@
+"""A model measured against its FP32 original: metrics, validation with gates, interleaved benchmarks,
+and per-node error analysis."""

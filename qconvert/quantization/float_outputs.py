@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 FLOAT_OUTPUT_OPS = frozenset({"MatMul", "Gemm"})  # their integer kernels can write float directly
 
 
-def float_outputs(path: Path, plan_: Plan) -> int:
+def free_outputs(path: Path, plan_: Plan) -> int:
     """Drop the Q/DQ pair onnxruntime puts on every output of a quantized MatMul/Gemm that no
     quantized op reads (by `plan_`: its op types, less the nodes it excludes; a graph output is
     read in float). Such a pair only adds rounding, per tensor, across the outlier channels of a

@@ -24,7 +24,7 @@ from qconvert.model.graph import PROTOBUF_LIMIT, all_initializers, has_subgraphs
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import cpu_session, quiet_onnxruntime
 from qconvert.quantization import adapter
-from qconvert.quantization.float_outputs import float_outputs
+from qconvert.quantization.float_outputs import free_outputs
 from qconvert.quantization.planning import Plan, plan, quantization_kinds, quantized_names, skip_reason
 from qconvert.quantization.preparation import prepare
 from qconvert.quantization.ranges import Calibration, calibrate
@@ -253,7 +253,7 @@ class QuantizeJob:
                 reader = adapter.CalibrationReader(self.data, step)
                 adapter.quantize_static(src, static_out, reader, the_plan, self.config, self.external, wide)
             read = reader.count
-        freed = float_outputs(static_out, the_plan) if self.config.float_outputs else 0
+        freed = free_outputs(static_out, the_plan) if self.config.float_outputs else 0
         if static_out != dest:
             subgraph_nodes = set(the_plan.subgraph_candidates)
             main_and_excluded = [c.name for c in the_plan.candidates if c.name not in subgraph_nodes]

@@ -1,0 +1,1 @@
+"""Reports: where they may be written, and writing them as JSON or a self-contained HTML page."""
