@@ -27,9 +27,9 @@ from qconvert.errors import ExitCode, QconvertError
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.validation import validate
-from qconvert.model.description import describe
 from qconvert.model.loading import LoadedModel, TensorSpec, input_specs, load_model, output_specs
 from qconvert.presets import PRESETS, expand
+from qconvert.quantization.description import describe
 from qconvert.quantization.job import quantize
 from qconvert.results import (
     AnalyzeResult,
