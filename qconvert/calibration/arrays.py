@@ -34,14 +34,7 @@ def batched_npz(path: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) ->
     arrays = read_npz(path, ignore)
     if not arrays:
         raise DataError(f"{path} holds no arrays", hint="save one array per model input name")
-    lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
-    if len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise DataError(f"{path}: arrays must share a non-empty axis 0 (sample count)", hint=_SAMPLES_HINT,
-                        details=tuple(f"{k}: {n} samples" for k, n in lengths.items()))
-    by_name = {s.name: s for s in specs}
-    splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}
-    for _ in range(next(iter(lengths.values()))):
-        yield {k: next(it) for k, it in splits.items()}
+    yield from _along_axis0(arrays, specs, f"{path}: arrays", "")
 
 
 def npz_folder(folder: Path, ignore: tuple[str, ...]) -> Iterator[Sample]:
@@ -55,11 +48,17 @@ def npy_folder(folder: Path, specs: list[TensorSpec], ignore: tuple[str, ...]) -
     current sample is read; each header is checked against its file's size first."""
     files = {p.stem: p for p in _files(folder, "*.npy") if p.stem not in ignore}
     arrays = {name: load_npy(path) for name, path in sorted(files.items())}
+    for sample in _along_axis0(arrays, specs, f"{folder}: .npy arrays", ".npy"):
+        yield {k: np.ascontiguousarray(v) for k, v in sample.items()}
+
+
+def _along_axis0(arrays: dict[str, np.ndarray], specs: list[TensorSpec], what: str, suffix: str) -> Iterator[Sample]:
+    """One sample at a time from arrays that stack their samples along axis 0, which they must share."""
     lengths = {k: (a.shape[0] if a.ndim else 0) for k, a in arrays.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise DataError(f"{folder}: .npy arrays must share a non-empty axis 0 (sample count)", hint=_SAMPLES_HINT,
-                        details=tuple(f"{k}.npy: {n} samples" for k, n in lengths.items()))
+        raise DataError(f"{what} must share a non-empty axis 0 (sample count)", hint=_SAMPLES_HINT,
+                        details=tuple(f"{k}{suffix}: {n} samples" for k, n in lengths.items()))
     by_name = {s.name: s for s in specs}
     splits = {k: _split_batch(k, a, by_name) for k, a in arrays.items()}
     for _ in range(next(iter(lengths.values()))):
-        yield {k: np.ascontiguousarray(next(it)) for k, it in splits.items()}
+        yield {k: next(it) for k, it in splits.items()}

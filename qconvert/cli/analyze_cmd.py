@@ -55,8 +55,6 @@ def analyze(
     from qconvert.cli.app import conclude
 
     plan = options.report_plan(ctx, report)
-    data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, labels=labels,
-                                      allow_nonfinite=allow_nonfinite)
+    data_config = options.data_from(ctx, data, samples=samples, labels=labels)
     result = run_analyze(fp32_model, quantized_model, data_config, top=top)
     conclude(result, plan, lambda: render.analyze_result(result, as_json=as_json, top=top or 20))

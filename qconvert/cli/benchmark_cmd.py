@@ -65,8 +65,6 @@ def benchmark(
     plan = options.report_plan(ctx, report)
     config = BenchmarkConfig(runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
                              ep=options.ep_config(ep, ep_option, threads))
-    data_config = options.data_config(data or "synthetic", samples=None, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, labels=labels,
-                                      allow_nonfinite=allow_nonfinite)
+    data_config = options.data_from(ctx, data or "synthetic", labels=labels)
     result = run_benchmark(list(models), data_config, config=config)
     conclude(result, plan, lambda: render.benchmark_result(result, as_json=as_json))

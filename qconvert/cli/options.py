@@ -147,6 +147,17 @@ def data_config(source: str, *, samples: int | None, shape: list[str] | None, im
                       allow_nonfinite=allow_nonfinite)
 
 
+def data_from(ctx: typer.Context, source: str, *, samples: int | None = None,
+              labels: str | None = None) -> DataConfig:
+    """The DataConfig behind --calib, --data, --validate or --eval-data, with the command's shared data
+    options (--shape, --image-size, --mean, --std, --layout, --allow-nonfinite). Synthetic data for a
+    model made static (--fix-shape) takes the fixed shapes unless --shape says otherwise."""
+    p = ctx.params  # choices arrive as their strings here
+    return data_config(source, samples=samples, shape=p["shape"] or p.get("fix_shape"), image_size=p["image_size"],
+                       mean=p["mean"], std=p["std"], layout=Layout(p["layout"]) if p["layout"] else None,
+                       labels=labels, allow_nonfinite=p["allow_nonfinite"])
+
+
 _WRITTEN = ("output", "report", "save_recipe")  # parameters naming files the command writes
 
 

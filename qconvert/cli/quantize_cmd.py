@@ -35,9 +35,7 @@ from qconvert.cli.options import (
 from qconvert.config import (
     ActivationType,
     CalibrationMethod,
-    DataConfig,
     EPConfig,
-    Layout,
     Mode,
     QuantizeConfig,
     Sensitive,
@@ -166,10 +164,10 @@ def quantize(
     template = PipelineJob(
         model=Path(), output=output, config=_config(ctx, providers), force=force, gates=gates,
         analyze=then_analyze, providers=providers,
-        calibration=_data(ctx, calib, calib_samples) if calib is not None else None,
-        evaluation=_data(ctx, validate_data, labeled=True) if validate_data is not None else None,
-        search=SearchConfig(evaluation=_data(ctx, eval_data, eval_samples, labeled=True), gates=gates,
-                            max_trials=max_trials) if eval_data is not None else None,
+        calibration=options.data_from(ctx, calib, samples=calib_samples) if calib is not None else None,
+        evaluation=options.data_from(ctx, validate_data, labels=labels) if validate_data is not None else None,
+        search=SearchConfig(evaluation=options.data_from(ctx, eval_data, samples=eval_samples, labels=labels),
+                            gates=gates, max_trials=max_trials) if eval_data is not None else None,
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
     )
     models, is_batch = expand_models(model)
@@ -195,16 +193,6 @@ def _config(ctx: typer.Context, providers: tuple[EPConfig, ...]) -> QuantizeConf
     if ctx.params["preset"]:
         render.presets([PRESETS[name] for name in resolved.config.presets], list(resolved.explicit))
     return resolved.config
-
-
-def _data(ctx: typer.Context, source: str, samples: int | None = None, labeled: bool = False) -> DataConfig:
-    """How --calib, --validate and --eval-data are read; synthetic data for a model made static takes
-    the fixed shapes unless --shape says otherwise."""
-    p = ctx.params
-    return options.data_config(source, samples=samples, shape=p["shape"] or p["fix_shape"],
-                               image_size=p["image_size"], mean=p["mean"], std=p["std"],
-                               layout=Layout(p["layout"]) if p["layout"] else None,
-                               labels=p["labels"] if labeled else None, allow_nonfinite=p["allow_nonfinite"])
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

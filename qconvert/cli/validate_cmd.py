@@ -64,8 +64,6 @@ def validate(
     plan = options.report_plan(ctx, report)
     config = ValidateConfig(gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
                             ep=options.ep_config(ep, ep_option, threads))
-    data_config = options.data_config(data, samples=samples, shape=shape, image_size=image_size,
-                                      mean=mean, std=std, layout=layout, labels=labels,
-                                      allow_nonfinite=allow_nonfinite)
+    data_config = options.data_from(ctx, data, samples=samples, labels=labels)
     result = run_validate(fp32_model, quantized_model, data_config, config=config)
     conclude(result, plan, lambda: render.validate_result(result, as_json=as_json))
