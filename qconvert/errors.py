@@ -37,6 +37,10 @@ class QconvertError(Exception):
         self.hint = hint
         self.details = details
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled whole, hint and details too (a batch worker hands its error to the parent)."""
+        return _rebuild, (type(self), self.message, self.hint, self.details)
+
     def to_dict(self) -> dict[str, object]:
         return {
             "error": type(self).__name__,
@@ -45,6 +49,10 @@ class QconvertError(Exception):
             "details": list(self.details),
             "exit_code": int(self.exit_code),
         }
+
+
+def _rebuild(cls: type[QconvertError], message: str, hint: str | None, details: tuple[str, ...]) -> QconvertError:
+    return cls(message, hint=hint, details=details)
 
 
 class InputError(QconvertError):

@@ -7,10 +7,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from qconvert.config import CPU, SearchConfig, StrEnum
-from qconvert.errors import ExitCode
+from qconvert.errors import ExitCode, QconvertError
 
 SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
 
@@ -511,8 +510,8 @@ class BatchItem:
     output: str
     status: Status
     seconds: float
-    result: dict[str, Any] | None = None  # the pipeline report, when it ran
-    error: dict[str, object] | None = None  # QconvertError.to_dict(), when it failed
+    result: PipelineResult | None = None  # when it ran
+    error: QconvertError | None = None  # when it failed
 
     @property
     def exit_code(self) -> int:
@@ -520,12 +519,12 @@ class BatchItem:
             return ExitCode.OK
         if self.status is Status.MISSED:
             return ExitCode.GATE_FAILED
-        code = (self.error or {}).get("exit_code", ExitCode.INTERNAL)
-        return int(code) if isinstance(code, int) else int(ExitCode.INTERNAL)
+        return int(self.error.exit_code) if self.error is not None else int(ExitCode.INTERNAL)
 
     def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "output": self.output, "status": self.status.value,
-                "seconds": round(self.seconds, 3), "error": self.error, "result": self.result}
+                "seconds": round(self.seconds, 3), "error": self.error.to_dict() if self.error else None,
+                "result": self.result.report() if self.result else None}
 
 
 @dataclass

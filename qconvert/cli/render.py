@@ -403,16 +403,12 @@ def batch_item(item: BatchItem) -> None:
         return
     why = ""
     if item.error:
-        why = f": {item.error.get('message')}"
+        why = f": {item.error.message}"
     elif item.result and item.status.value == "missed":
-        failed = [g for g in _as_list(item.result.get("gates")) if isinstance(g, dict) and not g.get("passed")]
-        why = ": " + "; ".join(f"{g.get('name')} {_fmt(g.get('value'), '.4g')} vs {g.get('threshold')}" for g in failed)
+        failed = [g for g in item.result.gates if not g.passed]
+        why = ": " + "; ".join(f"{g.name} {_fmt(g.value, '.4g')} vs {g.threshold}" for g in failed)
     err.print(f"{_STATUS[item.status.value]} {escape(item.model)} ({item.seconds:.1f} s){escape(why)}",
               highlight=False)
-
-
-def _as_list(value: object) -> list[object]:
-    return value if isinstance(value, list) else []
 
 
 def batch_result(r: BatchResult, *, as_json: bool) -> None:
@@ -434,19 +430,15 @@ def batch_result(r: BatchResult, *, as_json: bool) -> None:
 
 def _batch_cells(item: BatchItem) -> list[str]:
     if item.result is None:
-        return ["—", "—", "—", "—", escape(str((item.error or {}).get("message", "")))]
-    quantized = item.result.get("quantize", item.result)
-    assert isinstance(quantized, dict)
-    nodes, size = quantized.get("nodes", {}), quantized.get("size", {})
-    cosines = [o.get("mean_cosine") for v in _as_list(item.result.get("validate")) if isinstance(v, dict)
-               for o in _as_list(v.get("outputs")) if isinstance(o, dict)]
-    speedups = [m.get("speedup_vs_first") for b in _as_list(item.result.get("benchmark")) if isinstance(b, dict)
-                for m in _as_list(b.get("models"))[1:] if isinstance(m, dict)]
-    worst = min((c for c in cosines if isinstance(c, float | int)), default=None)
-    speed = min((x for x in speedups if isinstance(x, float | int)), default=None)
-    return [f"{nodes.get('quantized')}/{nodes.get('candidates')}", f"{size.get('ratio')}× smaller",
+        return ["—", "—", "—", "—", escape(item.error.message if item.error else "")]
+    quantized = item.result.quantize
+    worst = min((c for v in item.result.validate for o in v.outputs if (c := number(o.mean_cosine)) is not None),
+                default=None)
+    speed = min((s for b in item.result.benchmark for m in b.models[1:] if (s := number(m.speedup, 4)) is not None),
+                default=None)
+    return [f"{quantized.quantized_nodes}/{quantized.candidate_nodes}", f"{round(quantized.size_ratio, 3)}× smaller",
             _fmt(worst, ".5f"), "—" if speed is None else f"{speed:.2f}×",
-            "; ".join(escape(str(w)) for w in _as_list(quantized.get("warnings")))[:120]]
+            "; ".join(escape(w) for w in quantized.warnings)[:120]]
 
 
 def _placement_cell(p: Placement) -> str:

@@ -60,7 +60,7 @@ def write_reports(result: Reported, plan: ReportPlan) -> None:
     if isinstance(result, BatchResult) and plan.per_model:
         for path, item in zip(plan.paths, result.items, strict=True):
             if item.result is not None:
-                write_report(item.result, path)
+                write_report(item.result.report(), path)
     else:
         write_report(result.report() if isinstance(result, PipelineResult) else result.to_dict(), plan.paths[0])
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from qconvert import progress
-from qconvert.errors import ModelError, RuntimeFailure, UsageError, as_error
+from qconvert.errors import ModelError, QconvertError, RuntimeFailure, UsageError, as_error
 from qconvert.model.files import scratch_dir
-from qconvert.results import BatchItem, BatchResult, Status
+from qconvert.results import BatchItem, BatchResult, PipelineResult, Status
 from qconvert.workflows.pipeline import PipelineJob
 from qconvert.workflows.processes import die_with_parent, unwind_on
 
@@ -139,29 +139,28 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     unwind_on(signal.SIGTERM)  # which unwind so their temporary files are removed
     os.dup2(2, 1)  # stdout belongs to the parent's results
     logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
+    outcome: PipelineResult | QconvertError
     try:
-        result = run_job(job)
-        outcome: dict[str, object] = {"result": result.report(), "passed": result.passed}
+        outcome = run_job(job)
     except Exception as exc:  # recorded for this model, the others go on
         log.debug("failed", exc_info=True)
-        error = as_error(exc, hint="this is a bug in qconvert; run this model alone with --debug")
-        outcome = {"error": error.to_dict()}
-    result_file.write_text(json.dumps(outcome))
+        outcome = as_error(exc, hint="this is a bug in qconvert; run this model alone with --debug")
+    result_file.write_bytes(pickle.dumps(outcome))
 
 
 def _collect(job: PipelineJob, result_file: Path, exitcode: int | None, seconds: float) -> BatchItem:
     item = BatchItem(str(job.model), str(job.output), Status.FAILED, seconds)
-    outcome: dict[str, Any] | None = None
-    with contextlib.suppress(OSError, ValueError):
-        outcome = json.loads(result_file.read_text())
+    outcome: PipelineResult | QconvertError | None = None
+    with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
+        outcome = pickle.loads(result_file.read_bytes())  # written by our own worker, above
     if outcome is None:
         cause = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
         item.error = RuntimeFailure(f"the worker for {job.model} died ({cause}): a crash in onnxruntime or onnx, or "
                                     "the system's out-of-memory killer",
-                                    hint="run this model alone with --debug to see where").to_dict()
-    elif "error" in outcome:
-        item.error = outcome["error"]
+                                    hint="run this model alone with --debug to see where")
+    elif isinstance(outcome, QconvertError):
+        item.error = outcome
     else:
-        item.result = outcome["result"]
-        item.status = Status.PASSED if outcome["passed"] else Status.MISSED
+        item.result = outcome
+        item.status = Status.PASSED if outcome.passed else Status.MISSED
     return item
