@@ -16,6 +16,7 @@ from qconvert.config import (
     Gates,
     Layout,
     Mode,
+    PipelineJob,
     QuantizeConfig,
     SearchConfig,
     Sensitive,
@@ -42,7 +43,7 @@ from qconvert.results import (
     ValidateResult,
 )
 from qconvert.workflows.batch import run_batch
-from qconvert.workflows.pipeline import PipelineJob, run_job
+from qconvert.workflows.pipeline import run_job
 from qconvert.workflows.search import search_quantize
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from qconvert.errors import UsageError
 
@@ -234,3 +235,40 @@ class SearchConfig:
     def to_dict(self) -> dict[str, object]:
         return {"evaluation": self.evaluation.source, "target": self.gates.to_dict(), "max_trials": self.max_trials,
                 "analyze_samples": self.analyze_samples, "benchmark_runs": self.benchmark_runs}
+
+
+@dataclass(frozen=True)
+class PipelineJob:
+    """Everything one model's run needs. `providers` are where the quantized model is validated
+    and benchmarked (each in turn); `benchmark.ep` is replaced by each of them."""
+
+    model: Path
+    output: Path
+    config: QuantizeConfig = field(default_factory=QuantizeConfig)
+    calibration: DataConfig | None = None
+    evaluation: DataConfig | None = None  # validate against FP32 on this
+    gates: Gates = field(default_factory=Gates)
+    providers: tuple[EPConfig, ...] = (EPConfig(),)
+    search: SearchConfig | None = None
+    benchmark: BenchmarkConfig | None = None
+    analyze: bool = False  # rank nodes by their own error on the evaluation data
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.providers:
+            raise UsageError("no execution provider to run on")
+        gated = any(v is not None for v in (self.gates.min_cosine, self.gates.max_drop, self.gates.min_sqnr))
+        if (self.analyze or gated) and self.evaluation is None and self.search is None:
+            raise UsageError("accuracy gates and --analyze need evaluation data",
+                             hint="add --eval-data DATA or --validate DATA")
+
+    def to_dict(self) -> dict[str, object]:
+        """The resolved configuration, as the report shows it."""
+        return {
+            "model": str(self.model), "output": str(self.output), "quantize": self.config.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "gates": self.gates.to_dict(), "providers": [p.to_dict() for p in self.providers],
+            "search": self.search.to_dict() if self.search else None,
+            "benchmark": self.benchmark.to_dict() if self.benchmark else None, "analyze": self.analyze,
+        }

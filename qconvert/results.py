@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qconvert.config import CPU, SearchConfig, StrEnum
+from qconvert.config import CPU, BenchmarkConfig, EPConfig, Mode, PipelineJob, SearchConfig, Sensitive, StrEnum
 from qconvert.errors import ExitCode, QconvertError
 
 SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
@@ -81,6 +81,14 @@ class InspectResult:
     candidates: dict[str, dict[str, int]]  # mode -> op type -> candidate count
 
     @property
+    def nodes(self) -> int:
+        return sum(self.op_types.values())
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(v["count"] for v in self.parameters.values())
+
+    @property
     def quantized_format(self) -> str | None:
         found = [kind for kind, n in self.quantization.items() if n]
         return "+".join(found) if found else None
@@ -90,9 +98,8 @@ class InspectResult:
             "schema_version": SCHEMA_VERSION, "command": "inspect", "path": self.path,
             "ir_version": self.ir_version, "opsets": self.opsets, "producer": self.producer,
             "inputs": self.inputs, "outputs": self.outputs, "op_types": self.op_types,
-            "nodes": sum(self.op_types.values()), "subgraph_nodes": self.subgraph_nodes,
-            "parameters": self.parameters,
-            "parameter_count": sum(v["count"] for v in self.parameters.values()),
+            "nodes": self.nodes, "subgraph_nodes": self.subgraph_nodes,
+            "parameters": self.parameters, "parameter_count": self.parameter_count,
             "parameter_bytes": sum(v["bytes"] for v in self.parameters.values()),
             "external_data": self.external_data, "file_bytes": self.file_bytes,
             "quantized": self.quantized_format, "quantization_nodes": self.quantization,
@@ -104,7 +111,7 @@ class InspectResult:
 class QuantizeResult:
     input_path: str
     output_path: str
-    mode: str
+    mode: Mode
     mode_reason: str
     config: dict[str, object]
     data: dict[str, object] | None
@@ -144,7 +151,7 @@ class QuantizeResult:
         return {
             "schema_version": SCHEMA_VERSION, "command": "quantize",
             "input": self.input_path, "output": self.output_path,
-            "mode": self.mode, "mode_reason": self.mode_reason, "smoke_run": self.smoke_run,
+            "mode": self.mode.value, "mode_reason": self.mode_reason, "smoke_run": self.smoke_run,
             "nodes": {"quantized": self.quantized_nodes, "candidates": self.candidate_nodes,
                       "float_outputs": self.float_outputs},
             "op_types": {op: {"candidates": c.candidates, "quantized": c.quantized}
@@ -262,7 +269,7 @@ class ValidateResult(Gated):
     quantized_path: str
     data: dict[str, object]
     samples: int
-    ep: dict[str, object]
+    ep: EPConfig  # where the quantized model ran
     outputs: list[OutputMetrics]
     fp32_accuracy: float | None
     quantized_accuracy: float | None
@@ -275,7 +282,7 @@ class ValidateResult(Gated):
         return {
             "schema_version": SCHEMA_VERSION, "command": "validate",
             "fp32": self.fp32_path, "quantized": self.quantized_path, "data": self.data, "samples": self.samples,
-            "ep": self.ep, "placement": self.placement.to_dict() if self.placement else None,
+            "ep": self.ep.to_dict(), "placement": self.placement.to_dict() if self.placement else None,
             "outputs": [o.to_dict() for o in self.outputs],
             "accuracy": None if self.fp32_accuracy is None else {
                 "fp32_top1": number(self.fp32_accuracy), "quantized_top1": number(self.quantized_accuracy),
@@ -313,7 +320,7 @@ class Latency:
 @dataclass
 class BenchmarkResult(Gated):
     models: list[Latency]
-    config: dict[str, object]
+    config: BenchmarkConfig
     provider: str
     gates: list[Gate]
     versions: dict[str, str] = field(default_factory=versions)
@@ -321,7 +328,7 @@ class BenchmarkResult(Gated):
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "benchmark", "provider": self.provider,
-            "config": self.config, "models": [m.to_dict() for m in self.models],
+            "config": self.config.to_dict(), "models": [m.to_dict() for m in self.models],
             "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
@@ -428,7 +435,7 @@ class Placement:
 class Trial:
     index: int
     kept: list[str]  # node names taken out of 8-bit static QDQ
-    handling: str  # what happened to them: "float", "dynamic" or "int16" (QuantizeConfig.sensitive)
+    handling: Sensitive  # what happened to them: kept in float, quantized dynamically, or widened to 16 bits
     worst_cosine: float  # lowest mean cosine over the outputs
     sqnr_db: float  # lowest over the outputs
     accuracy_drop: float | None  # points, with labels
@@ -437,7 +444,8 @@ class Trial:
     speedup: float | None = None  # FP32 median latency / this one's
 
     def to_dict(self) -> dict[str, object]:
-        return {"index": self.index, "sensitive_nodes": len(self.kept), "handling": self.handling, "nodes": self.kept,
+        return {"index": self.index, "sensitive_nodes": len(self.kept), "handling": self.handling.value,
+                "nodes": self.kept,
                 "worst_cosine": number(self.worst_cosine), "sqnr_db": number(self.sqnr_db, 3),
                 "accuracy_drop": number(self.accuracy_drop, 3), "passed": self.passed,
                 "p50_ms": number(self.p50_ms, 4), "speedup_vs_fp32": number(self.speedup, 3)}
@@ -562,7 +570,7 @@ class PipelineResult:
     benchmark: list[BenchmarkResult] = field(default_factory=list)  # one per provider
     search: SearchResult | None = None
     analyze: AnalyzeResult | None = None
-    job: dict[str, object] | None = None  # the resolved configuration
+    job: PipelineJob | None = None  # the resolved configuration
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -588,7 +596,7 @@ class PipelineResult:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "schema_version": SCHEMA_VERSION, "command": "pipeline", "job": self.job,
+            "schema_version": SCHEMA_VERSION, "command": "pipeline", "job": self.job.to_dict() if self.job else None,
             "quantize": self.quantize.to_dict(),
             "search": self.search.to_dict() if self.search else None,
             "validate": [v.to_dict() for v in self.validate],

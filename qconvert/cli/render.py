@@ -149,7 +149,6 @@ def warnings(items: list[str]) -> None:
 
 
 def inspect_result(r: InspectResult) -> None:
-    d = r.to_dict()
     out.print(f"[bold]{escape(r.path)}[/]", highlight=False)
     opsets = ", ".join(f"{k} {v}" for k, v in r.opsets.items())
     out.print(f"IR {r.ir_version} · opsets {opsets} · producer {escape(r.producer or 'unknown')}", highlight=False)
@@ -163,7 +162,7 @@ def inspect_result(r: InspectResult) -> None:
                 str(x if x is not None else "?") for x in shape) + "]"  # type: ignore[attr-defined]
             io.add_row(kind, escape(str(s["name"])), str(s["dtype"]), escape(dims))
     out.print(io)
-    ops = Table(title=f"{d['nodes']} nodes ({r.subgraph_nodes} in subgraphs)", title_justify="left")
+    ops = Table(title=f"{r.nodes} nodes ({r.subgraph_nodes} in subgraphs)", title_justify="left")
     for col in ("op type", "count", "static candidates", "dynamic candidates"):
         ops.add_column(col, justify="right" if col != "op type" else "left")
     for op, n in r.op_types.items():
@@ -171,7 +170,7 @@ def inspect_result(r: InspectResult) -> None:
                     str(r.candidates["dynamic"].get(op, "")))
     out.print(ops)
     params = ", ".join(f"{k}: {v['count']:,} ({human_bytes(v['bytes'])})" for k, v in r.parameters.items())
-    out.print(f"parameters: {d['parameter_count']:,} · {params or 'none'}", highlight=False)
+    out.print(f"parameters: {r.parameter_count:,} · {params or 'none'}", highlight=False)
     out.print(f"file: {human_bytes(r.file_bytes)} · external data: {'yes' if r.external_data else 'no'}",
               highlight=False)
     fmt = r.quantized_format
@@ -179,7 +178,6 @@ def inspect_result(r: InspectResult) -> None:
 
 
 def quantize_result(r: QuantizeResult) -> None:
-    d = r.to_dict()
     out.print(f"[bold]{escape(r.input_path)}[/] → [bold]{escape(r.output_path)}[/]", highlight=False)
     smoke = " [yellow](synthetic data: smoke run, not a real calibration)[/]" if r.smoke_run else ""
     out.print(f"mode: [bold]{r.mode}[/] ({r.mode_reason}){smoke}", highlight=False)
@@ -203,10 +201,8 @@ def quantize_result(r: QuantizeResult) -> None:
         out.print(reasons)
     out.print(f"size: {human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} "
               f"([bold]{r.size_ratio:.2f}×[/] smaller)", highlight=False)
-    t = d["time_seconds"]
-    assert isinstance(t, dict)
-    out.print(f"time: prepare {t['prepare']:.2f} s · calibration {t['calibration']:.2f} s "
-              f"({r.calibration_samples} samples) · quantization {t['quantization']:.2f} s", highlight=False)
+    out.print(f"time: prepare {r.prepare_seconds:.2f} s · calibration {r.calibration_seconds:.2f} s "
+              f"({r.calibration_samples} samples) · quantization {r.quantization_seconds:.2f} s", highlight=False)
     cfg = r.config
     out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
               highlight=False)
@@ -236,7 +232,7 @@ def validate_result(r: ValidateResult, *, as_json: bool) -> None:
 
 def _validate_text(r: ValidateResult) -> None:
     out.print(f"[bold]{escape(r.quantized_path)}[/] vs FP32 [bold]{escape(r.fp32_path)}[/] on {r.samples} samples"
-              f" ({escape(str(r.data.get('source')))}) · provider {escape(str(r.ep.get('provider')))}",
+              f" ({escape(str(r.data.get('source')))}) · provider {escape(r.ep.provider)}",
               highlight=False)
     table = Table(title="outputs vs FP32 (cosine worst: value@sample)", title_justify="left")
     for column in ("output", "cosine", "worst", "max err", "mean err", "MSE", "SQNR dB", "top-1 =", ):
@@ -295,7 +291,7 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
         print_json(r.to_dict())
     else:
         cfg = r.config
-        table = Table(title=f"latency on {escape(r.provider)} (ms per batch of {cfg['batch']}, "
+        table = Table(title=f"latency on {escape(r.provider)} (ms per batch of {cfg.batch}, "
                             f"interleaved, {r.models[0].runs} runs each)", title_justify="left")
         placed = any(m.placement is not None for m in r.models)
         columns = ["model", "mean", "p50", "p90", "p99", "min", "per s", "speedup"]
@@ -357,7 +353,7 @@ def search_result(r: SearchResult) -> None:
     out.print(table)
     if r.kept:
         handling = {"float": "kept in float", "dynamic": "quantized dynamically", "int16": "16-bit activations"}
-        kept = Table(title=f"sensitive nodes, {handling.get(r.trials[r.chosen].handling, '')} (rank by error)",
+        kept = Table(title=f"sensitive nodes, {handling.get(r.trials[r.chosen].handling.value, '')} (rank by error)",
                      title_justify="left")
         for column in ("rank", "node", "op", "own SQNR dB", "total SQNR dB"):
             kept.add_column(column, justify="left" if column in ("node", "op") else "right", overflow="fold")

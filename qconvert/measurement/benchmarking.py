@@ -114,7 +114,7 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
     first_median = float(np.median(times[0])) * 1000.0  # ms, like Latency
     latencies = [_latency(p, t, config.batch, first_median if i else None, where)
                  for i, (p, t, where) in enumerate(zip(paths, times, placements, strict=True))]
-    return BenchmarkResult(models=latencies, config=config.to_dict(), provider=provider.name,
+    return BenchmarkResult(models=latencies, config=config, provider=provider.name,
                            gates=_gates(config, latencies))
 
 

@@ -167,7 +167,7 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
     drop = (fp32_acc - quant_acc) * 100.0 if fp32_acc is not None and quant_acc is not None else None
     return ValidateResult(
         fp32_path=str(fp32_path), quantized_path=str(quant_path), data=data.to_dict(), samples=samples,
-        ep=config.ep.to_dict(), outputs=metrics, fp32_accuracy=fp32_acc, quantized_accuracy=quant_acc,
+        ep=config.ep, outputs=metrics, fp32_accuracy=fp32_acc, quantized_accuracy=quant_acc,
         accuracy_drop=drop, gates=_gates(config.gates, metrics, drop) + provider_gates(where, str(quant_path)),
         placement=where,
     )

@@ -224,7 +224,7 @@ class QuantizeJob:
         result_ops, skipped = self._outcome(quantized_model, the_plan, dynamic)
         config = self.config
         return QuantizeResult(
-            input_path=str(self.loaded.path), output_path=str(self.out), mode=self.mode.value,
+            input_path=str(self.loaded.path), output_path=str(self.out), mode=self.mode,
             mode_reason=self.mode_reason, config={**config.to_dict(), "mode": self.mode.value,
                                                   "subgraphs": self.subgraphs},
             data=self.data.to_dict() if self.data else None, calibration_samples=samples,

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from qconvert.config import PipelineJob
 from qconvert.errors import OutputError
 from qconvert.model.files import is_same_file, write_output
 from qconvert.results import AnalyzeResult, BatchResult, BenchmarkResult, PipelineResult, ValidateResult
 from qconvert.workflows.batch import output_for
-from qconvert.workflows.pipeline import PipelineJob
 
 
 def check_report_path(path: Path, *, inputs: Iterable[Path] = ()) -> None:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from qconvert import progress
+from qconvert.config import PipelineJob
 from qconvert.errors import ModelError, QconvertError, RuntimeFailure, UsageError, as_error
 from qconvert.model.files import scratch_dir
 from qconvert.results import BatchItem, BatchResult, PipelineResult, Status
-from qconvert.workflows.pipeline import PipelineJob
 from qconvert.workflows.processes import die_with_parent, unwind_on
 
 log = logging.getLogger(__name__)

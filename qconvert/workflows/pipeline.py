@@ -9,13 +9,21 @@ can run it in a worker process.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qconvert.calibration import open_data
-from qconvert.config import BenchmarkConfig, DataConfig, EPConfig, Gates, QuantizeConfig, SearchConfig, ValidateConfig
-from qconvert.errors import UsageError
+from qconvert.config import (
+    BenchmarkConfig,
+    DataConfig,
+    EPConfig,
+    Gates,
+    PipelineJob,
+    QuantizeConfig,
+    SearchConfig,
+    ValidateConfig,
+)
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.validation import validate
@@ -33,43 +41,6 @@ if TYPE_CHECKING:
 ANALYZE_SAMPLES = 32
 
 
-@dataclass(frozen=True)
-class PipelineJob:
-    """Everything one model's run needs. `providers` are where the quantized model is validated
-    and benchmarked (each in turn); `benchmark.ep` is replaced by each of them."""
-
-    model: Path
-    output: Path
-    config: QuantizeConfig = field(default_factory=QuantizeConfig)
-    calibration: DataConfig | None = None
-    evaluation: DataConfig | None = None  # validate against FP32 on this
-    gates: Gates = field(default_factory=Gates)
-    providers: tuple[EPConfig, ...] = (EPConfig(),)
-    search: SearchConfig | None = None
-    benchmark: BenchmarkConfig | None = None
-    analyze: bool = False  # rank nodes by their own error on the evaluation data
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.providers:
-            raise UsageError("no execution provider to run on")
-        gated = any(v is not None for v in (self.gates.min_cosine, self.gates.max_drop, self.gates.min_sqnr))
-        if (self.analyze or gated) and self.evaluation is None and self.search is None:
-            raise UsageError("accuracy gates and --analyze need evaluation data",
-                             hint="add --eval-data DATA or --validate DATA")
-
-    def to_dict(self) -> dict[str, object]:
-        """The resolved configuration, as the report shows it."""
-        return {
-            "model": str(self.model), "output": str(self.output), "quantize": self.config.to_dict(),
-            "calibration": self.calibration.to_dict() if self.calibration else None,
-            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
-            "gates": self.gates.to_dict(), "providers": [p.to_dict() for p in self.providers],
-            "search": self.search.to_dict() if self.search else None,
-            "benchmark": self.benchmark.to_dict() if self.benchmark else None, "analyze": self.analyze,
-        }
-
-
 def run_job(job: PipelineJob, *, on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
     """Load `job.model`, open its calibration data and run every step the job asks for."""
     loaded = load_model(job.model)
@@ -78,7 +49,7 @@ def run_job(job: PipelineJob, *, on_trial: Callable[[Trial], None] | None = None
                                   evaluation=job.evaluation, gates=job.gates, providers=job.providers,
                                   search=job.search, benchmark_config=job.benchmark, analyze_nodes=job.analyze,
                                   on_trial=on_trial)
-    result.job = job.to_dict()
+    result.job = job
     return result
 
 

@@ -54,7 +54,7 @@ FIRST_NODES = 4  # nodes kept one suspect at a time (k = 1, 2, 4) before whole o
 TYPE_SHARE = 0.05  # an op type is kept whole only when its nodes cause this share of the measured noise
 
 
-def _trial(index: int, kept: list[str], handling: str, v: ValidateResult) -> Trial:
+def _trial(index: int, kept: list[str], handling: Sensitive, v: ValidateResult) -> Trial:
     worst = min(v.outputs, key=lambda o: nan_lowest(o.mean_cosine))
     sqnr = min(o.sqnr_db for o in v.outputs)
     return Trial(index, kept, handling, worst.mean_cosine, sqnr, v.accuracy_drop, v.passed)
@@ -107,7 +107,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
                 return None
             checked = validate(model.path, path, open_data(search.evaluation, specs),
                                config=ValidateConfig(gates=search.gates))
-            trial = _trial(len(trials), keep, config.sensitive.value, checked)
+            trial = _trial(len(trials), keep, config.sensitive, checked)
             trials.append(trial)
             runs.append((path, quantized, checked))
             trial_done()
