@@ -97,9 +97,9 @@ def minilm(work: Path) -> None:
         t0 = time.perf_counter()
         search = SearchConfig(evaluation, Gates(min_cosine=0.99), max_trials=12, benchmark_runs=0)
         result = search_quantize(loaded, out, calib, config=config, search=search, force=True,
-                                             on_trial=lambda t: print(f"  {label} trial {t.index}: {len(t.kept)} "
-                                                                      f"{t.handling}, cosine {t.worst_cosine:.4f}",
-                                                                      file=sys.stderr))
+                                 on_trial=lambda t: print(f"  {label} trial {t.index}: {len(t.kept)} "
+                                                          f"{t.handling}, cosine {t.worst_cosine:.4f}",
+                                                          file=sys.stderr))
         kept = ", ".join(sorted({k.op_type for k in result.kept})) or "-"
         rows.append((label, out, f"{time.perf_counter() - t0:.0f} s, {len(result.trials)} trials, "
                                  f"{len(result.kept)} sensitive ({kept})"))

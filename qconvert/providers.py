@@ -1,5 +1,7 @@
 """Execution providers: what this onnxruntime offers (built in, or from plugin packages such as
-`onnxruntime-qnn`), sessions on them, and where a model's nodes really ran.
+`onnxruntime-qnn`), sessions on them, and where a model's nodes really ran. Every onnxruntime
+session qconvert makes comes from here: `create_session` on a provider, `cpu_session` for
+qconvert's own runs; `quiet_onnxruntime` keeps onnxruntime's chatter off stdout.
 
 A provider is named by its full name (`QNNExecutionProvider`) or its alias (`qnn`): the name without
 "ExecutionProvider", lower-cased. Plugin packages are found, not listed by hand: any installed

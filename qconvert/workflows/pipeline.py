@@ -1,9 +1,9 @@
 """quantize → validate → benchmark (→ analyze) in one call, with one report.
 
 Each step is the public function of its own module; this only chains them and decides what the
-benchmark runs on (the evaluation data's first batch, else synthetic inputs). A `PipelineJob` is
-the whole configuration of one model's run: frozen and picklable, so a batch (`qconvert.workflows.batch`)
-can run it in a worker process.
+benchmark runs on (the evaluation data's first batch, else synthetic inputs). A `PipelineJob`
+(qconvert.config) is the whole configuration of one model's run: frozen and picklable, so a batch
+(`qconvert.workflows.batch`) can run it in a worker process.
 """
 
 from __future__ import annotations
