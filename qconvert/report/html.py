@@ -16,6 +16,7 @@ import statistics
 from collections.abc import Callable, Mapping
 from pathlib import PurePath
 
+from qconvert.measurement.metrics import nan_lowest
 from qconvert.results import human_bytes
 
 DASH = "—"
@@ -285,7 +286,7 @@ def _placement(value: object) -> str:
 def _severity(node: Mapping[str, object]) -> float:
     """Sort key, worst first: a broken (null) SQNR before any number, exact (inf) last."""
     level = _num(node.get("own_sqnr_db"))
-    return -math.inf if level is None else level
+    return nan_lowest(math.nan if level is None else level)
 
 
 def _error_chart(nodes: list[Mapping[str, object]]) -> str:
