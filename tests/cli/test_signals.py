@@ -109,7 +109,8 @@ def test_crashes_and_budgets_are_exit_4(job: tuple[Path, Path, Path], reader: st
     returncode, _, stderr = _finish(proc, within=60)
     assert returncode == ExitCode.ENVIRONMENT, stderr
     assert stderr.startswith("error:") and message in stderr and "hint:" in stderr and "Traceback" not in stderr
-    (model.parent / "started").unlink()
+    # A 1 s budget can run out before the reader starts: importing onnx alone takes 0.7 s here (ml_dtypes).
+    (model.parent / "started").unlink(missing_ok=True)
     assert snapshot(model.parent) == {k: v for k, v in files.items() if k != "started"}
 
 
