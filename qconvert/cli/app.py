@@ -13,7 +13,7 @@ import typer
 
 from qconvert.cli import supervise
 from qconvert.errors import ExitCode, InternalError, QconvertError, as_error
-from qconvert.results import AnalyzeResult
+from qconvert.results import AnalyzeResult, BatchResult
 
 if TYPE_CHECKING:
     from qconvert.report.writing import Reported, ReportPlan
@@ -139,7 +139,6 @@ def conclude(result: Reported, plan: ReportPlan | None, show: Callable[[], None]
     """How every command that produces a result ends: its report, then the result on stdout (`show`:
     JSON or tables), then its verdict: exit 3 when a gate is missed, a batch's own exit code."""
     from qconvert.report.writing import write_reports
-    from qconvert.results import BatchResult
 
     if plan is not None:
         write_reports(result, plan)

@@ -29,10 +29,7 @@ from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.validation import validate
 from qconvert.model.loading import LoadedModel, input_specs, load_model
 from qconvert.quantization.job import quantize
-from qconvert.results import (
-    PipelineResult,
-    Trial,
-)
+from qconvert.results import PipelineResult, Trial
 from qconvert.workflows.search import search_quantize
 
 if TYPE_CHECKING:
