@@ -150,7 +150,8 @@ def inputs_for(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.nd
     for value in model.graph.input:
         if value.name in inits:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in value.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else batch
+                for d in value.type.tensor_type.shape.dim]
         feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
     return feeds
 
@@ -333,3 +334,85 @@ def externalize(model: onnx.ModelProto, folder: Path, name: str = "m.onnx", side
     path = folder / name
     path.write_bytes(model.SerializeToString())
     return path
+
+
+def paddle_dynamic_dims(seed: int = 0) -> onnx.ModelProto:
+    """`mlp` as Paddle2ONNX writes it: a dynamic dim as `dim_value: -1`, in inputs, outputs and value_infos."""
+    model = mlp(seed)
+    model.graph.value_info.extend([helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 32]),
+                                   helper.make_tensor_value_info("hr", TensorProto.FLOAT, [1, 32])])
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        value.type.tensor_type.shape.dim[0].dim_value = -1
+    return model
+
+
+def row_bias_dense(seed: int = 0) -> onnx.ModelProto:
+    """Dense layers as tf2onnx writes them: MatMul then Add of a [1, N] bias, which onnxruntime's
+    optimiser fuses into a Gemm whose C is [1, N]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 16, 32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((1, 32)).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(_weights(rng, 32, 4), "w2"),
+             numpy_helper.from_array(rng.standard_normal((1, 4)).astype(np.float32) * 0.1, "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m1"], name="dense1/MatMul"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"], name="dense1/BiasAdd"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="dense1/Relu"),
+             helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="dense2/MatMul"),
+             helper.make_node("Add", ["m2", "b2"], ["y"], name="dense2/BiasAdd")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def compute_in_branches(seed: int = 0) -> onnx.ModelProto:
+    """The main graph only routes: every quantizable node sits in an If branch, with the branch's own
+    weights (as spox exports of a voice-activity detector do)."""
+    rng = np.random.default_rng(seed)
+
+    def branch(name: str) -> onnx.GraphProto:
+        inits = [numpy_helper.from_array(_weights(rng, 16, 32), f"{name}_w1"),
+                 numpy_helper.from_array(_weights(rng, 32, 4), f"{name}_w2")]
+        nodes = [helper.make_node("MatMul", ["x", f"{name}_w1"], [f"{name}_h"], name=f"{name}_mm1"),
+                 helper.make_node("Relu", [f"{name}_h"], [f"{name}_r"], name=f"{name}_relu"),
+                 helper.make_node("MatMul", [f"{name}_r", f"{name}_w2"], [f"{name}_y"], name=f"{name}_mm2")]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                 ["batch", 4])], inits)
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="route", then_branch=branch("big"),
+                              else_branch=branch("small"))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+                  [numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+
+
+def shared_outer_weights(seed: int = 0) -> onnx.ModelProto:
+    """If branches whose Conv and MatMul weights are main-graph initializers, one set shared by both
+    branches (the way recent PyTorch exporters write them); one branch reads its MatMul weight through
+    an Identity."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 4, 3, 3, 3), "conv.weight"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "conv.bias"),
+             numpy_helper.from_array(_weights(rng, 4, 4), "head.weight"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+
+    def branch(name: str, through_identity: bool) -> onnx.GraphProto:
+        weight = "head.weight"
+        nodes = [helper.make_node("Conv", ["x", "conv.weight", "conv.bias"], [f"{name}_c"], name=f"{name}_conv",
+                                  pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"], name=f"{name}_relu"),
+                 helper.make_node("GlobalAveragePool", [f"{name}_r"], [f"{name}_p"], name=f"{name}_pool"),
+                 helper.make_node("Flatten", [f"{name}_p"], [f"{name}_f"], name=f"{name}_flatten")]
+        if through_identity:
+            nodes.append(helper.make_node("Identity", ["head.weight"], [f"{name}_w"], name=f"{name}_identity"))
+            weight = f"{name}_w"
+        nodes.append(helper.make_node("MatMul", [f"{name}_f", weight], [f"{name}_y"], name=f"{name}_head"))
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                 ["batch", 4])])
+
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+             helper.make_node("If", ["cond"], ["y"], name="rate", then_branch=branch("rate8k", False),
+                              else_branch=branch("rate16k", True))]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)

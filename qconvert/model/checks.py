@@ -234,9 +234,11 @@ def _check_dims(graph: onnx.GraphProto, file: str, where: str) -> None:
             if ttype is None or not ttype.HasField("shape"):
                 continue
             for d in ttype.shape.dim:
-                if d.HasField("dim_value") and not 0 <= d.dim_value <= MAX_DIM:
+                # A negative value is a dynamic dim (Paddle2ONNX and older exporters write -1; onnxruntime
+                # reads any negative one so): only sizes no tensor can have are corrupt.
+                if d.HasField("dim_value") and d.dim_value > MAX_DIM:
                     raise ModelError(f"{file}: {kind} {value.name!r}{_in(where)} declares dimension {d.dim_value}",
-                                     hint=f"dimensions must lie between 0 and {MAX_DIM}; {_HINT_CORRUPT}")
+                                     hint=f"dimensions must not exceed {MAX_DIM}; {_HINT_CORRUPT}")
 
 
 def weight_names(model: onnx.ModelProto) -> set[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,20 @@ def iter_bodies(nodes: Iterable[onnx.NodeProto], where: str = "", *,
     for node in nodes:
         for attr, body in subgraphs(node):
             yield from iter_graphs(body, _join(where, f"{label(node)}/{attr}"), label=label)
+
+
+def iter_scopes(graph: onnx.GraphProto, outer: Mapping[str, onnx.TensorProto] | None = None,
+                ) -> Iterator[tuple[onnx.GraphProto, dict[str, onnx.TensorProto]]]:
+    """A graph, then every body inside it, depth first (as `iter_graphs`), each with the initializers
+    of the graphs around it that it can read by name (outer scope; inner names shadow outer ones).
+    A body's scope is taken when the walk reaches it, so initializers a caller adds to a graph as it
+    goes are in scope for the bodies inside."""
+    scope = dict(outer or {})
+    yield graph, scope
+    inner = {**scope, **{t.name: t for t in graph.initializer}}
+    for node in graph.node:
+        for _, body in subgraphs(node):
+            yield from iter_scopes(body, inner)
 
 
 def iter_nodes(graph: onnx.GraphProto, graph_path: str = "") -> Iterator[GraphNode]:

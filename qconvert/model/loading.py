@@ -136,7 +136,8 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     dims: tuple[int | str | None, ...] | None = None
     if ttype.HasField("shape"):
         dims = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim
+            d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (d.dim_param or None)
+            for d in ttype.shape.dim
         )
     return TensorSpec(value.name, dtype, dims)
 

@@ -155,8 +155,10 @@ class QuantizeJob:
                 self.warnings.append("--smooth: no MatMul with a constant 2-D weight to migrate scales into")
         the_plan = plan(proto, self.mode, config, self.subgraphs)
         if self.mode is Mode.STATIC and self.subgraphs and the_plan.subgraph_candidates:
-            self.warnings.append("onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
-                                 "dynamically (integer ops), the main graph statically")
+            main = ("the main graph statically" if the_plan.main_candidates
+                    else "and the main graph has nothing to quantize")
+            self.warnings.append(f"onnxruntime's QDQ quantizer does not enter subgraphs: their nodes were quantized "
+                                 f"dynamically (integer ops), {main}")
         if data is not None and data.synthetic:
             self.warnings.append("synthetic calibration data: a smoke run, not a real calibration")
         self._prepared = Prepared(path, proto, the_plan, passes, smoothed, time.perf_counter() - started)
@@ -167,7 +169,7 @@ class QuantizeJob:
         nothing is to calibrate here: dynamic mode, or an onnxruntime build that only calibrates
         inside its own quantizer (then `quantize()` feeds it the data)."""
         prepared = self.prepared
-        if self.mode is not Mode.STATIC or not adapter.reads_calibration_cache():
+        if self.mode is not Mode.STATIC or not adapter.reads_calibration_cache() or not prepared.plan.main_candidates:
             return None
         assert self.data is not None
         config = self.config
@@ -245,7 +247,9 @@ class QuantizeJob:
         static_out = dest.with_name("static-" + dest.name) if the_plan.subgraph_candidates and the_plan.subgraphs \
             else dest
         read = None
-        if self._ranges_file is not None:
+        if not the_plan.main_candidates:  # only subgraph bodies to quantize (below): nothing static to do
+            static_out = src
+        elif self._ranges_file is not None:
             adapter.quantize_static(src, static_out, self._ranges_file, the_plan, self.config, self.external, wide)
         else:  # older onnxruntime builds (onnxruntime-openvino 1.24) calibrate here
             assert self.data is not None
@@ -253,7 +257,7 @@ class QuantizeJob:
                 reader = adapter.CalibrationReader(self.data, step)
                 adapter.quantize_static(src, static_out, reader, the_plan, self.config, self.external, wide)
             read = reader.count
-        freed = free_outputs(static_out, the_plan) if self.config.float_outputs else 0
+        freed = free_outputs(static_out, the_plan) if self.config.float_outputs and static_out != src else 0
         if static_out != dest:
             subgraph_nodes = set(the_plan.subgraph_candidates)
             main_and_excluded = [c.name for c in the_plan.candidates if c.name not in subgraph_nodes]

@@ -69,6 +69,11 @@ class Plan:
     def subgraph_candidates(self) -> list[str]:
         return [c.name for c in self.candidates if c.graph and c.name not in self.excluded]
 
+    @property
+    def main_candidates(self) -> list[str]:
+        """Candidates of the main graph to quantize: what static QDQ has to do."""
+        return [c.name for c in self.candidates if not c.graph and c.name not in self.excluded]
+
 
 def _non_float_tensors(model: onnx.ModelProto) -> set[str]:
     """Tensors whose known element type is not floating point (shape arithmetic, indices, masks)."""

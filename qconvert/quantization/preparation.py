@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qconvert.config import Mode
 from qconvert.errors import UsageError
-from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, model_nbytes
+from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, iter_nodes, iter_scopes, model_nbytes
 from qconvert.results import PassResult, PrepareResult
 
 if TYPE_CHECKING:
@@ -72,15 +73,64 @@ def _constant_value(node: onnx.NodeProto, known: dict[str, onnx.TensorProto]) ->
     return None
 
 
-def _folds(graph: onnx.GraphProto) -> Iterator[tuple[int, onnx.TensorProto]]:
-    """(node index, value) for every node of `graph` that computes a constant weight."""
+def _folds(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> Iterator[tuple[int, onnx.TensorProto]]:
+    """(node index, value) for every node of `graph` that computes a constant weight, from its own
+    initializers or those of the graphs around it (`outer`)."""
     outputs = {v.name for v in graph.output}
-    known = {t.name: t for t in graph.initializer}
+    known = {**outer, **{t.name: t for t in graph.initializer}}
     for index, node in enumerate(graph.node):
         value = _constant_value(node, known) if len(node.output) == 1 and node.output[0] not in outputs else None
         if value is not None:
             known[node.output[0]] = value
             yield index, value
+
+
+def localize_outer_weights(model: onnx.ModelProto) -> PassResult:
+    """Give each subgraph its own copy of the main-graph (outer-scope) weights its quantizable nodes
+    read. Recent exporters share one set of weights between If branches this way; onnxruntime's
+    quantizer looks for a node's weight in the node's own graph only ("Expected … to be an
+    initializer"). A weight no node outside the subgraphs reads any more is removed where it was."""
+    from qconvert.quantization.adapter import candidate_op_types
+
+    quantizable = candidate_op_types(Mode.DYNAMIC) | candidate_op_types(Mode.STATIC)
+    moved: set[str] = set()
+    copies = 0
+    for graph, outer in iter_scopes(model.graph):
+        if not outer:  # the main graph, or a body with nothing around it to read
+            continue
+        local = {t.name for t in graph.initializer} | {v.name for v in graph.input}
+        local |= {name for node in graph.node for name in node.output}
+        taken = {t.name for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type not in quantizable:
+                continue
+            for index, name in enumerate(node.input):
+                if not name or name in local or name not in outer:
+                    continue
+                copy = graph.initializer.add()
+                copy.CopyFrom(outer[name])
+                copy.name = _fresh(f"{name}::{graph.name or 'body'}", taken)
+                taken.add(copy.name)
+                node.input[index] = copy.name
+                moved.add(name)
+                copies += 1
+    if moved:
+        used = {name for gn in iter_nodes(model.graph) for name in gn.node.input}
+        used |= {v.name for v in model.graph.output}
+        for graph, _ in iter_graphs(model.graph):
+            kept = [t for t in graph.initializer if t.name not in moved or t.name in used]
+            if len(kept) != len(graph.initializer):
+                del graph.initializer[:]
+                graph.initializer.extend(kept)
+    return PassResult("localize-outer-weights", copies)
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
 
 
 def _initializer_inputs(model: onnx.ModelProto) -> int:
@@ -89,14 +139,15 @@ def _initializer_inputs(model: onnx.ModelProto) -> int:
 
 
 def fold_constants(model: onnx.ModelProto) -> PassResult:
-    """Turn Constant / ConstantOfShape / Identity-of-weight nodes into initializers, in every graph.
+    """Turn Constant / ConstantOfShape / Identity-of-weight nodes into initializers, in every graph
+    (an Identity in a subgraph of a main-graph weight too).
 
     Weights produced by nodes instead of stored as initializers make quantizers fail with
     "Expected … to be an initializer".
     """
     folded = 0
-    for graph, _ in iter_graphs(model.graph):
-        folds = dict(_folds(graph))
+    for graph, outer in iter_scopes(model.graph):
+        folds = dict(_folds(graph, outer))
         for index, value in folds.items():
             tensor = graph.initializer.add()
             tensor.CopyFrom(value)
@@ -177,6 +228,28 @@ def _infer_shapes(model: onnx.ModelProto, result: PrepareResult) -> onnx.ModelPr
         return model
 
 
+def flatten_row_biases(model: onnx.ModelProto) -> PassResult:
+    """Gemm biases of shape [1, N] become [N]: the same bytes and the same broadcast. onnxruntime's
+    optimiser fuses a MatMul and the Add of a [1, N] bias (tf2onnx's dense layers) into such a Gemm,
+    and its QDQ quantizer, scaling per-channel weights for an int32 bias, then indexes a row where it
+    expects a number. Only biases that no other node reads are changed."""
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for gn in iter_nodes(model.graph):
+        for index, name in enumerate(gn.node.input):
+            readers.setdefault(name, []).append((gn.node.op_type, index))
+    changed = 0
+    for graph, _ in iter_graphs(model.graph):
+        for init in graph.initializer:
+            uses = readers.get(init.name, [])
+            if len(init.dims) == 2 and init.dims[0] == 1 and uses and all(use == ("Gemm", 2) for use in uses):
+                init.dims[:] = [init.dims[1]]
+                for info in graph.value_info:
+                    if info.name == init.name:
+                        del info.type.tensor_type.shape.dim[0]
+                changed += 1
+    return PassResult("flatten-gemm-row-biases", changed)
+
+
 def _sidecar(dest: Path) -> str:
     return dest.name + ".data"
 
@@ -207,6 +280,7 @@ def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True, optimiz
         return onnx.load(str(dest), load_external_data=False), result
     result.passes.append(remove_initializer_inputs(model))
     result.passes.append(fold_constants(model))
+    result.passes.append(localize_outer_weights(model))
     try:
         model, upgraded = upgrade_opset(model)
         result.passes.append(upgraded)
@@ -218,4 +292,10 @@ def prepare(model: onnx.ModelProto, dest: Path, *, enabled: bool = True, optimiz
         save_with_sidecar(model, dest)
     elif not _optimize_and_infer(model, dest, result, optimize=optimize):
         save_with_sidecar(_infer_shapes(model, result), dest)
-    return onnx.load(str(dest), load_external_data=False), result
+    prepared = onnx.load(str(dest), load_external_data=False)
+    if optimize:
+        flattened = flatten_row_biases(prepared)
+        result.passes.append(flattened)
+        if flattened.changed:
+            onnx.save(prepared, str(dest))  # only dims changed: the sidecar's bytes stay as they are
+    return prepared, result

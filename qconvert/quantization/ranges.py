@@ -157,7 +157,7 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
     model = _typed_graph(model_path, work)
     tensors = tensors_to_calibrate(model, op_types)
     if not tensors:
-        raise ModelError(f"{model_path}: no float tensor of {', '.join(op_types) or 'any op type'} to calibrate",
+        raise ModelError(f"no float tensor of {', '.join(op_types) or 'any op type'} in the main graph to calibrate",
                          hint="check --op-types")
     session = exposing_session(model, tensors, work / "exposed.onnx", external=external, failure=CANNOT_RUN,
                                hint=CANNOT_RUN_HINT)

@@ -309,7 +309,6 @@ CASES: list[tuple[str, Builder, str, str]] = [  # id, builder, command, message
     ("typed-count-mismatch", _edited(_typed_short), "validate2", "initializer 'w1' stores 509 value(s)"),
     ("no-data", _edited(_no_data), "inspect", "initializer 'w1' stores 0 value(s)"),
     ("input-dim-2**40", _edited(_input_dim(2**40)), "quantize", "input 'x' declares dimension 1099511627776"),
-    ("input-dim-negative", _edited(_input_dim(-3)), "benchmark2", "declares dimension -3"),
     ("nan-weight", _set_weight("w1", {(0, 0): np.nan, (1, 1): np.nan, (2, 2): np.nan}), "inspect",
      "initializer 'w1' holds 3 NaN value(s)"),
     ("nan-fp16", _edited(_fp16_nan), "validate", "initializer 'half' holds 1 NaN value(s)"),

@@ -1,0 +1,52 @@
+"""Models built the way real exporters build them, each quantized in both modes and checked against FP32:
+a model onnxruntime loads and runs is never refused for an exporter's convention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from qconvert import DataConfig, Mode, QuantizeConfig, describe, input_specs, load_model, open_data, quantize
+from qconvert.measurement.metrics import cosine
+from tests import models
+
+EXPORTS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "paddle-dynamic-dims": models.paddle_dynamic_dims,
+    "tf2onnx-row-bias": models.row_bias_dense,
+    "spox-compute-in-branches": models.compute_in_branches,
+    "pytorch-shared-outer-weights": models.shared_outer_weights,
+}
+
+
+@pytest.mark.parametrize("mode", [Mode.STATIC, Mode.DYNAMIC])
+@pytest.mark.parametrize("name", list(EXPORTS))
+def test_real_export_conventions_quantize_in_both_modes(name: str, mode: Mode, tmp_path: Path) -> None:
+    proto = EXPORTS[name]()
+    src = models.save(proto, tmp_path / "m.onnx")
+    data = None
+    if mode is Mode.STATIC:
+        calib = models.write_npz(proto, tmp_path / "calib.npz", samples=16, seed=1)
+        data = open_data(DataConfig(str(calib)), input_specs(load_model(src).proto))
+    out = tmp_path / "q.onnx"
+    result = quantize(src, out, data, config=QuantizeConfig(mode=mode))
+    assert result.mode is mode and result.quantized_nodes >= 2, result.to_dict()
+    for seed in (7, 8):  # both branches of the If models: the sum of x decides which runs
+        feeds = models.inputs_for(proto, batch=8, seed=seed)
+        feeds = {k: v * (1 if seed == 7 else -1) + (0.5 if seed == 7 else -0.5) for k, v in feeds.items()}
+        ref, got = models.run(src, feeds)[0], models.run(out, feeds)[0]
+        assert got.shape == ref.shape and cosine(ref, got) >= 0.99
+        assert not np.array_equal(ref, got), "outputs identical: nothing was really quantized"
+
+
+def test_a_negative_dim_is_a_dynamic_dim() -> None:
+    model = models.paddle_dynamic_dims()
+    assert [spec.dims for spec in input_specs(model)] == [(None, 16)]
+
+
+def test_inspect_reads_a_paddle_export(tmp_path: Path) -> None:
+    result = describe(models.save(models.paddle_dynamic_dims(), tmp_path / "m.onnx"))
+    assert result.inputs[0]["shape"] == [None, 16]
