@@ -416,3 +416,16 @@ def shared_outer_weights(seed: int = 0) -> onnx.ModelProto:
                               else_branch=branch("rate16k", True))]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def row_bias_gemm(seed: int = 0) -> onnx.ModelProto:
+    """A Gemm with a [1, N] bias (what onnxruntime's optimiser makes of `row_bias_dense`), then a MatMul."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(_weights(rng, 16, 32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((1, 32)).astype(np.float32) * 0.1, "b1"),
+             numpy_helper.from_array(_weights(rng, 32, 4), "w2")]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["g"], name="dense1"),
+             helper.make_node("Relu", ["g"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="dense2")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
     from qconvert.config import DataConfig
 
+class NothingToCompare(ModelError):
+    """No quantized tensor of the main graph matches a tensor of the FP32 one."""
+
+
 SUFFIX = "::fp32"
 OWN = "::own"
 FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
@@ -190,7 +194,7 @@ def analyze(fp32_model: str | Path, quantized_model: str | Path, data: Calibrati
     quant = load_model(quant_path).owned_copy()
     reference, fp32, layout = _reference(fp32_path, quant, work, prepare_it=prepare_reference)
     if not layout.quantized_tensors:
-        raise ModelError(f"{quant_path} has no quantized tensor that matches a tensor of {fp32_path}",
+        raise NothingToCompare(f"{quant_path} has no quantized tensor that matches a tensor of {fp32_path}",
                          hint="compare a quantized model with the FP32 model it was quantized from")
     types = _float_types(fp32)
     weight_errors = _weight_errors(fp32, quant, layout)

@@ -24,6 +24,40 @@ if TYPE_CHECKING:
     from qconvert.quantization.planning import Plan
 
 
+class QuantizerFailure(ModelError):
+    """onnxruntime's quantizer raised; `nodes` are the nodes it was working on, innermost first."""
+
+    def __init__(self, message: str, *, hint: str | None = None, details: tuple[str, ...] = (),
+                 nodes: tuple[str, ...] = (), cause: str = "") -> None:
+        super().__init__(message, hint=hint, details=details)
+        self.nodes, self.cause = nodes, cause
+
+    @classmethod
+    def of(cls, exc: Exception) -> QuantizerFailure:
+        return cls(f"onnxruntime could not quantize the model: {first_line(exc)}",
+                   hint="try --no-preprocess, or exclude the failing node with --exclude-nodes",
+                   nodes=_nodes_at_fault(exc), cause=first_line(exc))
+
+
+def _nodes_at_fault(exc: BaseException) -> tuple[str, ...]:
+    """The names of the nodes the quantizer's frames held when it raised, innermost frame first: its
+    loops keep the node (or a record with its `node_name`) they are working on in a local."""
+    import onnx
+
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    found: dict[str, None] = {}
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            name = value.name if isinstance(value, onnx.NodeProto) else getattr(value, "node_name", None)
+            if isinstance(name, str) and name:
+                found[name] = None
+    return tuple(found)
+
+
 def candidate_op_types(mode: Mode) -> frozenset[str]:
     """Op types onnxruntime quantizes by default in `mode`."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
@@ -131,8 +165,7 @@ def quantize_static(src: Path, dest: Path, calibration: Path | CalibrationReader
     except Exception as exc:
         if isinstance(calibration, CalibrationReader) and calibration.count == 0:
             raise DataError("no calibration samples", hint="give non-empty data") from exc
-        raise ModelError(f"onnxruntime could not quantize the model: {first_line(exc)}",
-                         hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
+        raise QuantizerFailure.of(exc) from exc
 
 
 def _ort_method(method: CalibrationMethod) -> Any:
@@ -160,8 +193,7 @@ def quantize_dynamic(src: Path, staged: Path, plan_: Plan, config: QuantizeConfi
             extra_options=_extra_options(config, Mode.DYNAMIC, subgraphs=plan_.subgraphs),
         )
     except Exception as exc:
-        raise ModelError(f"onnxruntime could not quantize the model: {first_line(exc)}",
-                         hint="try --no-preprocess, or exclude the failing node with --exclude-nodes") from exc
+        raise QuantizerFailure.of(exc) from exc
 
 
 def minmax_ranges(extremes: Mapping[str, tuple[Any, Any]]) -> Any:

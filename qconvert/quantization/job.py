@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_FAILING_NODES = 16  # nodes onnxruntime's quantizer may fail on, each then left in float, before it is an error
+
 
 def _check_types(config: QuantizeConfig, mode: Mode) -> None:
     if mode is Mode.DYNAMIC and config.weights not in (WeightType.INT8, WeightType.UINT8):
@@ -207,18 +209,24 @@ class QuantizeJob:
         the_plan = replace(prepared.plan, excluded={**prepared.plan.excluded, **(keep_float or {})})
         dynamic = sorted(keep_float or {}) if self.config.sensitive is Sensitive.DYNAMIC else []
         samples = self.calibration.samples if self.calibration else 0
-        freed = 0
+        warnings = list(self.warnings)
         t0 = time.perf_counter()
-        with quiet_onnxruntime():
-            if self.mode is Mode.STATIC:
-                mixed = staged.with_name("mixed-" + staged.name) if dynamic else staged
-                freed, read = self._static(mixed, the_plan, self.widened_tensors(widen or []))
-                samples = read if read is not None else samples
-                if dynamic:
-                    adapter.quantize_dynamic(mixed, staged, the_plan, self.config, self.external, [], only=dynamic)
-            else:
-                adapter.quantize_dynamic(prepared.path, staged, the_plan, self.config, self.external,
-                                         the_plan.nodes_to_exclude)
+        failed: list[str] = []  # nodes onnxruntime's quantizer failed on, left in float
+        while True:
+            try:
+                freed, read = self._quantize(staged, the_plan, dynamic, widen or [])
+                break
+            except adapter.QuantizerFailure as exc:
+                planned = {c.name for c in the_plan.candidates if c.name not in the_plan.excluded}
+                node = next((n for n in exc.nodes if n in planned), None)
+                if node is None or len(failed) >= MAX_FAILING_NODES:
+                    raise
+                failed.append(node)
+                the_plan = replace(the_plan, excluded={
+                    **the_plan.excluded, node: f"onnxruntime's quantizer failed on it ({exc.cause})"})
+                warnings.append(f"onnxruntime's quantizer failed on node {node!r} ({exc.cause}): left in float, "
+                                "the rest quantized")
+        samples = read if read is not None else samples
         quant_seconds = time.perf_counter() - t0
         _check_loads(staged)
         quantized_model = onnx.load(str(staged), load_external_data=False)
@@ -236,8 +244,23 @@ class QuantizeJob:
             calibration_seconds=self.calibration.seconds if self.calibration else 0.0,
             quantization_seconds=quant_seconds,
             preprocess=prepared.passes.to_dict() if config.preprocess or config.fixed_shapes else None,
-            warnings=list(self.warnings), float_outputs=freed,
+            warnings=warnings, float_outputs=freed,
         )
+
+    def _quantize(self, staged: Path, the_plan: Plan, dynamic: list[str],
+                  widen: list[str]) -> tuple[int, int | None]:
+        """One run of onnxruntime's quantizers into `staged`: the outputs freed, and the samples read
+        when onnxruntime calibrated by itself."""
+        with quiet_onnxruntime():
+            if self.mode is Mode.DYNAMIC:
+                adapter.quantize_dynamic(self.prepared.path, staged, the_plan, self.config, self.external,
+                                         the_plan.nodes_to_exclude)
+                return 0, None
+            mixed = staged.with_name("mixed-" + staged.name) if dynamic else staged
+            freed, read = self._static(mixed, the_plan, self.widened_tensors(widen))
+            if dynamic:
+                adapter.quantize_dynamic(mixed, staged, the_plan, self.config, self.external, [], only=dynamic)
+            return freed, read
 
     def _static(self, dest: Path, the_plan: Plan, wide: list[str]) -> tuple[int, int | None]:
         """Static QDQ of the main graph into `dest`, then the float-outputs pass, then dynamic

@@ -31,7 +31,7 @@ from qconvert import progress
 from qconvert.calibration import open_data
 from qconvert.config import BenchmarkConfig, Mode, QuantizeConfig, SearchConfig, Sensitive, ValidateConfig
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.measurement.analysis import analyze
+from qconvert.measurement.analysis import NothingToCompare, analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.metrics import ErrorSums, nan_lowest
 from qconvert.measurement.validation import validate
@@ -124,7 +124,9 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         passing = [t for t in trials if t.passed]
         best = min(passing, key=lambda t: (len(t.kept), t.index)) if passing else max(trials, key=_score)
         if not ranking and not trials[0].passed:
-            notes.append("no quantized node could be ranked against FP32 (tensor names did not match)")
+            notes.append("no quantized node could be ranked against FP32: " + (
+                "every one sits in an If/Loop/Scan body, which the analysis does not enter"
+                if not job.plan.main_candidates else "tensor names did not match"))
         fp32_ms = _time_trials(model.path, [r[0] for r in runs], trials, search, specs) if search.benchmark_runs \
             else None
         path, quantized, checked = runs[best.index]
@@ -146,11 +148,17 @@ class _Suspect:
 
 
 def _rank(job: QuantizeJob, first: Path, search: SearchConfig, specs: list[TensorSpec], work: Path) -> list[_Suspect]:
-    """Quantized candidate nodes by the error each adds on its own, worst first."""
+    """Quantized candidate nodes by the error each adds on its own, worst first; none when the
+    analysis, which compares the main graph, finds nothing quantized there to compare."""
+    if not job.plan.main_candidates:
+        return []
     sample = replace(search.evaluation, max_samples=min(search.evaluation.max_samples or search.analyze_samples,
                                                         search.analyze_samples))
-    report = analyze(job.prepared.path, first, open_data(sample, specs), work=work / "analyze",
-                     prepare_reference=False)
+    try:
+        report = analyze(job.prepared.path, first, open_data(sample, specs), work=work / "analyze",
+                         prepare_reference=False)
+    except NothingToCompare:
+        return []
     candidates = {c.name for c in job.plan.candidates if c.name not in job.plan.excluded}
     quantized_inputs = {t.name for t in report.tensors if t.kind == "activation"}
     graph = job.prepared.proto.graph

@@ -50,3 +50,33 @@ def test_a_negative_dim_is_a_dynamic_dim() -> None:
 def test_inspect_reads_a_paddle_export(tmp_path: Path) -> None:
     result = describe(models.save(models.paddle_dynamic_dims(), tmp_path / "m.onnx"))
     assert result.inputs[0]["shape"] == [None, 16]
+
+
+def test_a_node_the_quantizer_fails_on_stays_float_and_the_rest_is_quantized(tmp_path: Path) -> None:
+    proto = models.row_bias_gemm()
+    src = models.save(proto, tmp_path / "m.onnx")
+    calib = models.write_npz(proto, tmp_path / "calib.npz", samples=64, seed=1)
+    data = open_data(DataConfig(str(calib)), input_specs(load_model(src).proto))
+    out = tmp_path / "q.onnx"
+    # Without pre-processing the [1, N] bias stays as it is, and onnxruntime's QDQ quantizer fails on it.
+    result = quantize(src, out, data, config=QuantizeConfig(preprocess=False))
+    reasons = {s.name: s.reason for s in result.skipped}
+    assert reasons["dense1"].startswith("onnxruntime's quantizer failed on it (")
+    assert result.op_types["MatMul"].quantized == 1
+    assert any("failed on node 'dense1'" in w and "left in float" in w for w in result.warnings)
+    feeds = models.inputs_for(proto, batch=8, seed=7)
+    assert cosine(models.run(src, feeds)[0], models.run(out, feeds)[0]) >= 0.99
+
+
+def test_a_search_on_a_model_quantized_only_in_its_branches_ends_with_a_note(tmp_path: Path) -> None:
+    from qconvert import Gates, SearchConfig, search_quantize
+
+    proto = models.compute_in_branches()
+    src = models.save(proto, tmp_path / "m.onnx")
+    evaluation = models.write_npz(proto, tmp_path / "eval.npz", samples=16, seed=2)
+    out = tmp_path / "q.onnx"
+    result = search_quantize(load_model(src), out, None, config=QuantizeConfig(mode=Mode.DYNAMIC),
+                             search=SearchConfig(DataConfig(str(evaluation)), Gates(min_cosine=0.9999999),
+                                                 max_trials=3, benchmark_runs=0))
+    assert not result.met and out.exists() and result.quantized.quantized_nodes == 4
+    assert any("every one sits in an If/Loop/Scan body" in note for note in result.notes)
