@@ -107,6 +107,18 @@ class InspectResult:
         }
 
 
+@dataclass(frozen=True)
+class QuickCheck:
+    """The quantized model against FP32 on a few calibration samples, at the end of a quantize."""
+
+    samples: int
+    worst_cosine: float  # the mean cosine of the output furthest from FP32
+    output: str  # that output
+
+    def to_dict(self) -> dict[str, object]:
+        return {"samples": self.samples, "worst_cosine": number(self.worst_cosine), "output": self.output}
+
+
 @dataclass
 class QuantizeResult:
     input_path: str
@@ -126,6 +138,7 @@ class QuantizeResult:
     preprocess: dict[str, object] | None
     warnings: list[str] = field(default_factory=list)
     float_outputs: int = 0  # quantized MatMul/Gemm nodes whose outputs stay float (no reader is quantized)
+    check: QuickCheck | None = None  # against FP32 on a few calibration samples (static mode)
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -163,7 +176,7 @@ class QuantizeResult:
                              "calibration": round(self.calibration_seconds, 3),
                              "quantization": round(self.quantization_seconds, 3)},
             "calibration": {**(self.data or {}), "samples": self.calibration_samples} if self.data else None,
-            "preprocess": self.preprocess,
+            "preprocess": self.preprocess, "check": self.check.to_dict() if self.check else None,
             "config": self.config, "warnings": list(self.warnings), "versions": self.versions,
         }
 

@@ -203,6 +203,9 @@ def quantize_result(r: QuantizeResult) -> None:
               f"([bold]{r.size_ratio:.2f}×[/] smaller)", highlight=False)
     out.print(f"time: prepare {r.prepare_seconds:.2f} s · calibration {r.calibration_seconds:.2f} s "
               f"({r.calibration_samples} samples) · quantization {r.quantization_seconds:.2f} s", highlight=False)
+    if r.check is not None:
+        out.print(f"check: worst cosine to FP32 {_fmt(r.check.worst_cosine)} ({escape(r.check.output)}) on "
+                  f"{r.check.samples} calibration samples", highlight=False)
     cfg = r.config
     out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
               highlight=False)

@@ -19,6 +19,7 @@ from qconvert.config import (
     DataConfig,
     EPConfig,
     Gates,
+    Mode,
     PipelineJob,
     QuantizeConfig,
     SearchConfig,
@@ -26,16 +27,19 @@ from qconvert.config import (
 )
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
+from qconvert.measurement.metrics import nan_lowest
 from qconvert.measurement.validation import validate
 from qconvert.model.loading import LoadedModel, input_specs, load_model
 from qconvert.quantization.job import quantize
-from qconvert.results import PipelineResult, Trial
+from qconvert.results import PipelineResult, QuantizeResult, QuickCheck, Trial
 from qconvert.workflows.search import search_quantize
 
 if TYPE_CHECKING:
     from qconvert.calibration import CalibrationData
 
 ANALYZE_SAMPLES = 32
+CHECK_SAMPLES = 8  # calibration samples the quantized model is checked against FP32 on
+WRECKED_COSINE = 0.98  # below this on those, quantize warns that the model lost its accuracy
 
 
 def run_job(job: PipelineJob, *, on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
@@ -68,6 +72,8 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
                                 validate=[] if evaluation else [searched.validation])
     else:
         result = PipelineResult(quantize=quantize(model, output, calibration, config=config, force=force))
+        if calibration is not None and result.quantize.mode is Mode.STATIC:
+            _check(model.path, Path(output), calibration, result.quantize)
     if evaluation is not None:
         for ep in providers:
             result.validate.append(validate(model.path, output, open_data(evaluation, specs),
@@ -82,3 +88,18 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
         limit = min(measured_on.max_samples or ANALYZE_SAMPLES, ANALYZE_SAMPLES)
         result.analyze = analyze(model.path, output, open_data(replace(measured_on, max_samples=limit), specs))
     return result
+
+
+def _check(fp32: Path, output: Path, calibration: CalibrationData, quantized: QuantizeResult) -> None:
+    """Compare the quantized model with FP32 on a few calibration samples (the sessions are cheap to
+    make again): a quantize that wrecked the model says so, even when nothing validates it."""
+    few = replace(calibration, max_samples=min(calibration.max_samples or CHECK_SAMPLES, CHECK_SAMPLES))
+    checked = validate(fp32, output, few)
+    worst = min(checked.outputs, key=lambda o: nan_lowest(o.mean_cosine))
+    quantized.check = QuickCheck(checked.samples, worst.mean_cosine, worst.name)
+    if not calibration.synthetic and not nan_lowest(worst.mean_cosine) >= WRECKED_COSINE:
+        quantized.warnings.append(
+            f"the quantized model is far from FP32 on {checked.samples} calibration samples: cosine "
+            f"{worst.mean_cosine:.4f} on output {worst.name!r}; let the accuracy search keep the nodes that "
+            f"break it in float: qconvert quantize {fp32} -o {output} --calib DATA --eval-data DATA --min-cosine 0.99")
+
