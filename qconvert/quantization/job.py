@@ -228,6 +228,7 @@ class QuantizeJob:
                                 "the rest quantized")
         samples = read if read is not None else samples
         quant_seconds = time.perf_counter() - t0
+        _declare_used_domains_only(staged)
         _check_loads(staged)
         quantized_model = onnx.load(str(staged), load_external_data=False)
         _check_scales(quantized_model, staged)
@@ -337,6 +338,23 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
         result = job.quantize(staged)
         result.bytes_after = move_into_place(staged, out)
     return result
+
+
+def _declare_used_domains_only(path: Path) -> None:
+    """Keep the opset imports a node or local function uses (ai.onnx always): onnxruntime's optimiser
+    declares every domain it knows (ai.onnx.training, com.microsoft.nchwc, org.pytorch.aten, …),
+    which other converters and runtimes reject."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    used = {gn.node.domain for gn in iter_nodes(model.graph)}
+    used |= {f.domain for f in model.functions} | {n.domain for f in model.functions for n in f.node}
+    used = {"" if d == "ai.onnx" else d for d in used} | {""}
+    kept = [o for o in model.opset_import if ("" if o.domain == "ai.onnx" else o.domain) in used]
+    if len(kept) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+        onnx.save(model, str(path))  # the graph only: a sidecar stays as it is
 
 
 def _check_loads(path: Path) -> None:

@@ -80,3 +80,15 @@ def test_a_search_on_a_model_quantized_only_in_its_branches_ends_with_a_note(tmp
                                                  max_trials=3, benchmark_runs=0))
     assert not result.met and out.exists() and result.quantized.quantized_nodes == 4
     assert any("every one sits in an If/Loop/Scan body" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("mode", [Mode.STATIC, Mode.DYNAMIC])
+def test_outputs_declare_only_the_opset_domains_they_use(mode: Mode, tmp_path: Path) -> None:
+    proto = models.conv_mlp()
+    src = models.save(proto, tmp_path / "m.onnx")
+    calib = models.write_npz(proto, tmp_path / "calib.npz", samples=8, seed=1)
+    data = open_data(DataConfig(str(calib)), input_specs(load_model(src).proto)) if mode is Mode.STATIC else None
+    quantize(src, tmp_path / "q.onnx", data, config=QuantizeConfig(mode=mode))
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    used = {n.domain or "" for n in out.graph.node}
+    assert {o.domain for o in out.opset_import} == used | {""}
