@@ -226,13 +226,14 @@ def save_ranges(ranges: Any, path: Path) -> None:
     save_tensors_data(ranges, path)
 
 
-def pre_process(model: onnx.ModelProto, dest: Path, *, optimize: bool, sidecar: str) -> None:
-    """onnxruntime's own pre-processing (symbolic and ONNX shape inference, and basic graph
-    optimisation when `optimize`), written to `dest` with every weight in `sidecar` beside it."""
+def pre_process(model: onnx.ModelProto | Path, dest: Path, *, optimize: bool, symbolic: bool, sidecar: str) -> None:
+    """onnxruntime's own pre-processing (ONNX shape inference, its symbolic shape inference when
+    `symbolic`, and basic graph optimisation when `optimize`), written to `dest` with every weight in
+    `sidecar` beside it."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(model, dest, auto_merge=True, skip_optimization=not optimize, save_as_external_data=True,
-                      all_tensors_to_one_file=True, external_data_location=sidecar)
+    quant_pre_process(model, dest, auto_merge=True, skip_optimization=not optimize, skip_symbolic_shape=not symbolic,
+                      save_as_external_data=True, all_tensors_to_one_file=True, external_data_location=sidecar)
 
 
 def load_with_shapes(path: Path) -> onnx.ModelProto:
