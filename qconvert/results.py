@@ -289,6 +289,7 @@ class ValidateResult(Gated):
     accuracy_drop: float | None  # points
     gates: list[Gate]
     placement: Placement | None = None  # of the quantized model, off the CPU provider
+    warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_dict(self) -> dict[str, object]:
@@ -300,7 +301,8 @@ class ValidateResult(Gated):
             "accuracy": None if self.fp32_accuracy is None else {
                 "fp32_top1": number(self.fp32_accuracy), "quantized_top1": number(self.quantized_accuracy),
                 "drop_points": number(self.accuracy_drop, 3)},
-            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
+            "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "warnings": list(self.warnings),
+            "versions": self.versions,
         }
 
 

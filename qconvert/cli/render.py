@@ -230,6 +230,7 @@ def validate_result(r: ValidateResult, *, as_json: bool) -> None:
         print_json(r.to_dict())
     else:
         _validate_text(r)
+    warnings(r.warnings)
     fallback_warnings([(r.quantized_path, r.placement)])
 
 
@@ -379,6 +380,7 @@ def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json
     if as_json:
         print_json(payload)
         warnings(r.quantize.warnings)
+        warnings([w for v in r.validate for w in v.warnings])
         fallback_warnings([(v.quantized_path, v.placement) for v in r.validate])
         fallback_warnings([(m.path, m.placement) for b in r.benchmark for m in b.models])
         return

@@ -29,6 +29,13 @@ if TYPE_CHECKING:
     from qconvert.config import DataConfig
 
 
+# An FP32 output whose values spread less than this (relative to their size) is constant, and one
+# whose largest |value| is below NEARLY_ZERO is zero: a detector's probability map on images without
+# any object, for example. Cosine to FP32 is then noise.
+CONSTANT_SPREAD = 1e-6
+NEARLY_ZERO = 1e-4
+
+
 @dataclass
 class _Accumulator:
     """Running sums for one output: nothing per sample is kept but the worst cosine."""
@@ -47,6 +54,8 @@ class _Accumulator:
     classifier: bool = False
     agree: int = 0
     rows: int = 0
+    low: float = math.inf  # the FP32 output's smallest and largest values over every sample
+    high: float = -math.inf
 
     def add(self, index: int, ref: np.ndarray, got: np.ndarray) -> None:
         if ref.shape != got.shape:
@@ -67,9 +76,22 @@ class _Accumulator:
         self.abs_sum += float(err.sum())
         self.squared_error += float(np.square(err).sum())
         self.squared_signal += float(np.square(r).sum())
+        if r.size:
+            self.low, self.high = min(self.low, float(np.nanmin(r))), max(self.high, float(np.nanmax(r)))
         if self.classifier:
             self.agree += int(np.count_nonzero(r.argmax(-1) == g.argmax(-1)))
             self.rows += int(np.prod(r.shape[:-1]))
+
+    def unexercised(self) -> str | None:
+        """Why cosine says nothing about this output on this data, when its FP32 values do not vary."""
+        if not self.samples or not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return None
+        peak = max(abs(self.low), abs(self.high))
+        if self.high - self.low <= CONSTANT_SPREAD * max(1.0, peak):
+            return f"is constant ({self.low:.4g}) over the data"
+        if peak < NEARLY_ZERO:
+            return f"is nearly zero over the data (|x| <= {peak:.2g})"
+        return None
 
     def metrics(self) -> OutputMetrics:
         n = max(self.elements, 1)
@@ -165,11 +187,14 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
     metrics = [a.metrics() for a in accs]
     fp32_acc, quant_acc = _accuracy(fp32_correct, labelled), _accuracy(quant_correct, labelled)
     drop = (fp32_acc - quant_acc) * 100.0 if fp32_acc is not None and quant_acc is not None else None
+    warnings = [f"the FP32 output {a.name!r} {why}: the data does not exercise the model, so cosine to FP32 is "
+                "noise; judge it by max_abs_error or SQNR (--min-sqnr), or evaluate on data the model responds to"
+                for a in accs if (why := a.unexercised()) is not None]
     return ValidateResult(
         fp32_path=str(fp32_path), quantized_path=str(quant_path), data=data.to_dict(), samples=samples,
         ep=config.ep, outputs=metrics, fp32_accuracy=fp32_acc, quantized_accuracy=quant_acc,
         accuracy_drop=drop, gates=_gates(config.gates, metrics, drop) + provider_gates(where, str(quant_path)),
-        placement=where,
+        placement=where, warnings=warnings,
     )
 
 

@@ -118,6 +118,7 @@ def search_quantize(model: LoadedModel, output: str | Path, data: CalibrationDat
         ranking: list[_Suspect] = []
         first = run([], {})
         assert first is not None
+        notes += runs[0][2].warnings
         if not first.passed and search.max_trials > 1:
             ranking = _by_output_effect(_rank(job, runs[0][0], search, specs, work), job, runs[0][0], search, specs)
             _search(ranking, job, search.max_trials, config.sensitive is Sensitive.INT16, run, lambda: len(trials))

@@ -36,3 +36,25 @@ def test_dynamic_mode_has_no_data_to_check_on(tmp_path: Path) -> None:
     src = models.save(models.mlp(), tmp_path / "m.onnx")
     result = run_job(PipelineJob(src, tmp_path / "q.onnx"))
     assert result.quantize.check is None and result.report()["check"] is None
+
+
+def test_data_that_does_not_exercise_the_model_is_called_out(tmp_path: Path) -> None:
+    import numpy as np
+
+    from qconvert import SearchConfig, ValidateConfig, search_quantize, validate
+    from qconvert.config import Gates, Mode, QuantizeConfig
+    from qconvert.model.loading import load_model
+
+    src = models.save(models.mlp(), tmp_path / "m.onnx")
+    quiet = tmp_path / "zeros.npz"
+    np.savez(quiet, x=np.zeros((8, 16), np.float32))  # no bias: every output is exactly zero
+    lively = models.write_npz(models.mlp(), tmp_path / "eval.npz", samples=8, seed=2)
+    run_job(PipelineJob(src, tmp_path / "q.onnx", config=QuantizeConfig(mode=Mode.DYNAMIC)))
+    result = validate(src, tmp_path / "q.onnx", DataConfig(str(quiet)), config=ValidateConfig())
+    (warning,) = result.warnings
+    assert "'y' is constant (0) over the data" in warning and "--min-sqnr" in warning
+    assert result.to_dict()["warnings"] == [warning]
+    assert validate(src, tmp_path / "q.onnx", DataConfig(str(lively))).warnings == []
+    searched = search_quantize(load_model(src), tmp_path / "s.onnx", None, config=QuantizeConfig(mode=Mode.DYNAMIC),
+                               search=SearchConfig(DataConfig(str(quiet)), Gates(min_cosine=0.99), benchmark_runs=0))
+    assert warning in searched.notes
