@@ -368,8 +368,11 @@ def _check_values(site: TensorSite, chunks: Iterator[bytes] | Iterator[bytes | m
     for chunk in chunks:
         n, i = _non_finite(chunk, site.tensor.data_type)
         nan, inf = nan + n, inf + i
-    if nan:
-        raise ModelError(f"{file}: {site.describe()} holds {nan} NaN value(s)", hint=_HINT_WEIGHTS)
+    # NaN fills (masks, padding values) are common in exports that onnxruntime runs: only a weight that
+    # quantization would scale by is refused, as its scale would come out NaN.
+    if nan and site.value_name in weights:
+        raise ModelError(f"{file}: {site.describe()} holds {nan} NaN value(s)",
+                         hint=f"it is a weight of a quantizable node; {_HINT_WEIGHTS}")
     if inf and site.value_name in weights:
         raise ModelError(f"{file}: {site.describe()}, a weight of a quantizable node, holds {inf} infinite "
                          f"value(s)", hint=f"quantizing it would give an infinite scale; {_HINT_WEIGHTS}")

@@ -108,6 +108,7 @@ def test_nan_in_typed_fields_is_found(tmp_path: Path) -> None:
         load_model(path)
     half = helper.make_tensor("half", TensorProto.FLOAT16, [2], np.array([1.0, np.nan], np.float16))
     model.graph.initializer.append(half)
+    model.graph.node.append(helper.make_node("MatMul", ["hr", "half"], ["unused"], name="reads_half"))
     tensor.float_data[5] = 0.0
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelError, match="initializer 'half' holds 1 NaN"):
