@@ -182,6 +182,16 @@ class Gates:
 class ValidateConfig:
     gates: Gates = field(default_factory=Gates)
     ep: EPConfig = field(default_factory=EPConfig)  # where the quantized model runs
+    min_provider_share: float | None = None  # gate: share of the quantized model's nodes on `ep` (not the CPU)
+
+    def __post_init__(self) -> None:
+        _check_share(self.min_provider_share)
+
+
+def _check_share(share: float | None) -> None:
+    if share is not None and not 0.0 <= share <= 1.0:
+        raise UsageError(f"--min-provider-share takes a share of the nodes in [0, 1], got {share}",
+                         hint="e.g. 0.9: nine nodes in ten on the provider")
 
 
 DEFAULT_RUNS = 100
@@ -195,6 +205,7 @@ class BenchmarkConfig:
     batch: int = 1
     ep: EPConfig = field(default_factory=EPConfig)
     min_speedup: float | None = None  # every model after the first vs the first (median latency ratio)
+    min_provider_share: float | None = None  # gate: share of each model's nodes on `ep` (not the CPU)
     # The first model is only a reference (the FP32 original, in the pipeline): where it ran is
     # reported, but only the others must run on the provider.
     reference_first: bool = False
@@ -206,11 +217,12 @@ class BenchmarkConfig:
             raise UsageError("--runs must be at least 1 and --duration above 0")
         if self.batch < 1 or self.warmup < 0:
             raise UsageError("--batch must be at least 1 and --warmup at least 0")
+        _check_share(self.min_provider_share)
 
     def to_dict(self) -> dict[str, object]:
         return {"runs": self.runs if self.runs or self.duration else DEFAULT_RUNS, "duration": self.duration,
                 "warmup": self.warmup, "batch": self.batch, "ep": self.ep.to_dict(), "min_speedup": self.min_speedup,
-                "reference_first": self.reference_first}
+                "min_provider_share": self.min_provider_share, "reference_first": self.reference_first}
 
 
 DEFAULT_MAX_TRIALS = 12

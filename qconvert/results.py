@@ -245,12 +245,15 @@ class Gate:
                 "passed": self.passed, "output": self.output}
 
 
-def provider_gates(placement: Placement | None, path: str) -> list[Gate]:
+def provider_gates(placement: Placement | None, path: str, min_share: float | None = None) -> list[Gate]:
     """A run whose provider took no node fails whatever its numbers: a CPU figure must never pass
-    for an NPU one."""
-    if placement is None or not placement.all_on_cpu:
+    for an NPU one. With `min_share`, the provider must also take that share of the nodes."""
+    if placement is None:
         return []
-    return [Gate("min_provider_nodes", 1, placement.nodes_on_provider, False, path)]
+    found = [Gate("min_provider_nodes", 1, placement.nodes_on_provider, False, path)] if placement.all_on_cpu else []
+    if min_share is not None:
+        found.append(Gate("min_provider_share", min_share, placement.share(), placement.share() >= min_share, path))
+    return found
 
 
 class Gated:
@@ -436,6 +439,13 @@ class Placement:
 
     def share(self) -> float:
         return self.nodes_on_provider / self.nodes if self.nodes else 0.0
+
+    @property
+    def mostly_on_cpu(self) -> bool:
+        """The provider took less than half of the nodes, or of the quantized ones: its figures are
+        mostly the CPU provider's."""
+        quantized = self.quantized_on_provider / self.quantized_nodes if self.quantized_nodes else 1.0
+        return self.provider != CPU and (self.share() < 0.5 or quantized < 0.5)
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -17,6 +17,7 @@ from qconvert.cli.options import (
     JsonOpt,
     LayoutOpt,
     MeanOpt,
+    MinProviderShareOpt,
     MinSpeedupOpt,
     ReportOpt,
     RunsOpt,
@@ -43,6 +44,7 @@ def benchmark(
         show_default="synthetic")] = None,
     labels: SkipLabelsOpt = None,
     min_speedup: MinSpeedupOpt = None,
+    min_provider_share: MinProviderShareOpt = None,
     ep: EpOpt = "cpu",
     ep_option: EpOptionOpt = None,
     threads: ThreadsOpt = 1,
@@ -64,7 +66,7 @@ def benchmark(
 
     plan = options.report_plan(ctx, report)
     config = BenchmarkConfig(runs=runs, duration=duration, warmup=warmup, batch=batch, min_speedup=min_speedup,
-                             ep=options.ep_config(ep, ep_option, threads))
+                             min_provider_share=min_provider_share, ep=options.ep_config(ep, ep_option, threads))
     data_config = options.data_from(ctx, data or "synthetic", labels=labels)
     result = run_benchmark(list(models), data_config, config=config)
     conclude(result, plan, lambda: render.benchmark_result(result, as_json=as_json))

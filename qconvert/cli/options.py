@@ -69,6 +69,10 @@ SaveRecipeOpt = Annotated[Path | None, typer.Option(
 MinSpeedupOpt = Annotated[float | None, typer.Option(
     "--min-speedup", help="Gate: every model after the first must be this many times faster.",
     show_default=False)]
+MinProviderShareOpt = Annotated[float | None, typer.Option(
+    "--min-provider-share", min=0.0, max=1.0,
+    help="Gate: the provider (--ep) must run at least this share of the model's nodes, e.g. 0.9.",
+    show_default=False)]
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:

@@ -451,6 +451,12 @@ def _placement_cell(p: Placement) -> str:
 def fallback_warnings(placements: list[tuple[str, Placement | None]]) -> None:
     """In red on stderr, whatever the output format: a CPU number must never pass for an NPU one."""
     for path, p in placements:
+        if p is not None and p.mostly_on_cpu and not p.all_on_cpu:
+            err.print(f"[bold red]{escape(path)}: {escape(p.provider)} took only {p.nodes_on_provider} of its "
+                      f"{p.nodes} nodes ({p.share() * 100:.0f}%; quantized: {p.quantized_on_provider} of "
+                      f"{p.quantized_nodes}): these figures are mostly the CPU provider's.[/]\n"
+                      "hint: NPU providers need static input shapes (quantize with --fix-shape NAME=DIMS) and QDQ "
+                      "patterns they support; gate on it with --min-provider-share", highlight=False)
         if p is not None and p.all_on_cpu:
             err.print(f"[bold red]{escape(path)}: {escape(p.provider)} took none of its {p.nodes} nodes: every "
                       f"node fell back to the CPU provider. These are CPU figures, not {escape(p.provider)} ones.[/]\n"

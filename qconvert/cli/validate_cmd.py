@@ -21,6 +21,7 @@ from qconvert.cli.options import (
     MaxDropOpt,
     MeanOpt,
     MinCosineOpt,
+    MinProviderShareOpt,
     MinSqnrOpt,
     ReportOpt,
     SamplesOpt,
@@ -42,6 +43,7 @@ def validate(
     min_cosine: MinCosineOpt = None,
     max_drop: MaxDropOpt = None,
     min_sqnr: MinSqnrOpt = None,
+    min_provider_share: MinProviderShareOpt = None,
     ep: EpOpt = "cpu",
     ep_option: EpOptionOpt = None,
     threads: ThreadsOpt = 1,
@@ -63,7 +65,7 @@ def validate(
 
     plan = options.report_plan(ctx, report)
     config = ValidateConfig(gates=Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr),
-                            ep=options.ep_config(ep, ep_option, threads))
+                            ep=options.ep_config(ep, ep_option, threads), min_provider_share=min_provider_share)
     data_config = options.data_from(ctx, data, samples=samples, labels=labels)
     result = run_validate(fp32_model, quantized_model, data_config, config=config)
     conclude(result, plan, lambda: render.validate_result(result, as_json=as_json))

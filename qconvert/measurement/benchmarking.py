@@ -125,5 +125,5 @@ def _gates(config: BenchmarkConfig, latencies: list[Latency]) -> list[Gate]:
         found.append(Gate("min_speedup", config.min_speedup, slowest.speedup,
                           slowest.speedup >= config.min_speedup, slowest.path))
     for latency in latencies[1:] if config.reference_first else latencies:
-        found += provider_gates(latency.placement, latency.path)
+        found += provider_gates(latency.placement, latency.path, config.min_provider_share)
     return found

@@ -193,7 +193,8 @@ def validate(fp32_model: str | Path, quantized_model: str | Path, data: Calibrat
     return ValidateResult(
         fp32_path=str(fp32_path), quantized_path=str(quant_path), data=data.to_dict(), samples=samples,
         ep=config.ep, outputs=metrics, fp32_accuracy=fp32_acc, quantized_accuracy=quant_acc,
-        accuracy_drop=drop, gates=_gates(config.gates, metrics, drop) + provider_gates(where, str(quant_path)),
+        accuracy_drop=drop, gates=_gates(config.gates, metrics, drop) + provider_gates(where, str(quant_path),
+                                                                                  config.min_provider_share),
         placement=where, warnings=warnings,
     )
 

@@ -102,3 +102,17 @@ def test_a_total_fallback_is_caught(qnn_dynamic: Path) -> None:
     result = benchmark([qnn_dynamic], feeds, config=BenchmarkConfig(runs=2, warmup=0, ep=QNN))
     assert not result.passed and [g.name for g in result.gates] == ["min_provider_nodes"]
     assert result.to_dict()["fell_back_to_cpu"] == [str(qnn_dynamic)]
+
+
+def test_a_provider_that_took_few_nodes_is_flagged_and_can_be_gated() -> None:
+    from qconvert.results import Placement, provider_gates
+
+    few = Placement("QNNExecutionProvider", nodes=316, nodes_on_provider=27, quantized_nodes=100,
+                    quantized_on_provider=20, cpu_op_types={"Conv": 200})
+    assert few.mostly_on_cpu and not few.all_on_cpu
+    (gate,) = provider_gates(few, "m.onnx", 0.5)
+    assert gate.name == "min_provider_share" and not gate.passed and abs(gate.value - 27 / 316) < 1e-9
+    most = Placement("QNNExecutionProvider", nodes=316, nodes_on_provider=300, quantized_nodes=100,
+                     quantized_on_provider=95, cpu_op_types={})
+    assert not most.mostly_on_cpu and provider_gates(most, "m.onnx") == []
+    assert [g.passed for g in provider_gates(most, "m.onnx", 0.9)] == [True]
