@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as _escape_markup
 from rich.table import Table
 
 from qconvert import progress
@@ -43,6 +44,17 @@ if TYPE_CHECKING:
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 _quiet: ContextVar[bool] = ContextVar("qconvert_quiet", default=False)
+
+
+def visible(text: str) -> str:
+    """Text from a model, a data file or onnxruntime with its control and format characters shown as
+    escapes (\\x1b, \\u202e): no escape sequence, bell or direction override reaches the terminal."""
+    return "".join(repr(ch)[1:-1] if unicodedata.category(ch) in ("Cc", "Cf") else ch for ch in text)
+
+
+def escape(text: str) -> str:
+    """Untrusted text for a Rich string: visible control characters, and never read as markup."""
+    return _escape_markup(visible(text))
 
 
 @contextmanager
@@ -125,7 +137,7 @@ def print_json(payload: Mapping[str, object]) -> None:
 def error(exc: QconvertError, *, as_json: bool) -> None:
     err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
     for line in exc.details:
-        err.print(f"  - {line}", highlight=False, markup=False)
+        err.print(f"  - {visible(line)}", highlight=False, markup=False)
     if exc.hint:
         err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False)
     if as_json and not isinstance(exc, GateFailedError):  # a gate's result JSON is already on stdout
@@ -186,7 +198,7 @@ def quantize_result(r: QuantizeResult) -> None:
     table.add_column("quantized", justify="right")
     table.add_column("candidates", justify="right")
     for op, c in sorted(r.op_types.items(), key=lambda kv: (-kv[1].candidates, kv[0])):
-        table.add_row(op, str(c.quantized), str(c.candidates))
+        table.add_row(escape(op), str(c.quantized), str(c.candidates))
     out.print(table)
     if r.skipped:
         reasons = Table(title=f"{len(r.skipped)} candidate nodes left in float", title_justify="left")
@@ -279,7 +291,7 @@ def analyze_result(r: AnalyzeResult, *, as_json: bool, top: int) -> None:
         table.add_column(column, justify="left" if column in ("node", "op") else "right",
                          overflow="fold", no_wrap=column not in ("node", "op"))
     for rank, n in enumerate(r.nodes[:top], 1):
-        table.add_row(str(rank), escape(n.node), n.op_type, _db(n.own_sqnr_db), _fmt(n.own_cosine, ".5f"),
+        table.add_row(str(rank), escape(n.node), escape(n.op_type), _db(n.own_sqnr_db), _fmt(n.own_cosine, ".5f"),
                       _db(n.total_sqnr_db), f"{n.carried_share * 100:.0f}%", _db(n.weight_sqnr_db))
     out.print(table)
     tensors = Table(title="quantized tensors, dequantized vs FP32, worst first", title_justify="left")
@@ -363,10 +375,10 @@ def search_result(r: SearchResult) -> None:
             kept.add_column(column, justify="left" if column in ("node", "op") else "right", overflow="fold")
         whole = Counter(k.op_type for k in r.kept if k.rank is None)  # kept with their op type: one row each
         for op_type, count in sorted(whole.items()):
-            kept.add_row("type", f"every {escape(op_type)} ({count} node(s))", op_type, "", "")
+            kept.add_row("type", f"every {escape(op_type)} ({count} node(s))", escape(op_type), "", "")
         for k in r.kept:
             if k.rank is not None:
-                kept.add_row(str(k.rank), escape(k.node), k.op_type, _db(k.own_sqnr_db), _db(k.total_sqnr_db))
+                kept.add_row(str(k.rank), escape(k.node), escape(k.op_type), _db(k.own_sqnr_db), _db(k.total_sqnr_db))
         out.print(kept)
     if not r.met:
         err.print("[bold red]the accuracy search did not reach the target[/] within its trials: the closest model "

@@ -220,3 +220,16 @@ def test_fix_shape_makes_the_output_static(cnn: Path, tmp_path: Path) -> None:
 def test_fix_shape_refuses_what_cannot_be(cnn: Path, tmp_path: Path, spec: str, message: str) -> None:
     code, _, stderr = _run("quantize", cnn, "-o", tmp_path / "q.onnx", "--mode", "dynamic", "--fix-shape", spec)
     assert code == ExitCode.BAD_INPUT and message in stderr and not (tmp_path / "q.onnx").exists()
+
+
+def test_names_from_a_model_never_reach_the_terminal_as_escape_sequences(tmp_path: Path) -> None:
+    model = models.mlp()
+    hostile = "x\x1b[31m\x1b]0;owned\x07\u202e[bold]"
+    model.graph.input[0].name = hostile
+    model.graph.node[0].input[0] = hostile
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\u202e" not in result.stdout
+    assert "x\\x1b[31m\\x1b]0;owned\\x07\\u202e[bold]" in result.stdout  # shown, escaped, not read as markup
