@@ -68,3 +68,18 @@ def test_imports_follow_the_layers(path: Path) -> None:
         if own < LAYERS.index("cli") and module.split(".")[0] in ("typer", "rich", "click"):
             wrong.append(f"line {line}: {module} outside qconvert/cli")
     assert not wrong, wrong
+
+
+def test_the_public_api_is_whole_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    import qconvert
+
+    assert sorted(qconvert.__all__) == sorted(qconvert._EXPORTS)
+    for name in qconvert.__all__:
+        assert getattr(qconvert, name) is getattr(__import__(qconvert._EXPORTS[name], fromlist=[name]), name)
+    # The command line starts without the heavy libraries: `qconvert --help` stays instant.
+    code = "import sys, qconvert.cli.app; print(sorted({'numpy', 'onnx', 'onnxruntime'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
