@@ -76,8 +76,10 @@ class _Accumulator:
         self.abs_sum += float(err.sum())
         self.squared_error += float(np.square(err).sum())
         self.squared_signal += float(np.square(r).sum())
-        if r.size:
-            self.low, self.high = min(self.low, float(np.nanmin(r))), max(self.high, float(np.nanmax(r)))
+        low = float(np.fmin.reduce(r, axis=None, initial=math.inf))
+        high = float(np.fmax.reduce(r, axis=None, initial=-math.inf))
+        if math.isfinite(low) and math.isfinite(high):  # NaN skipped, as the calibrators do
+            self.low, self.high = min(self.low, low), max(self.high, high)
         if self.classifier:
             self.agree += int(np.count_nonzero(r.argmax(-1) == g.argmax(-1)))
             self.rows += int(np.prod(r.shape[:-1]))
