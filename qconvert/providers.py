@@ -56,6 +56,16 @@ def quiet_onnxruntime() -> Iterator[None]:
         root.setLevel(level)
 
 
+def quiet_native_logs() -> None:
+    """Keep onnxruntime's C++ log (warnings such as "Removing initializer … It is not used by any
+    node", written to stderr past Python's logging) to errors in this process: they would drown
+    qconvert's own messages."""
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+
+
 def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
     """Name, type and rank of each onnxruntime NodeArg (session inputs or outputs): what two models
     must share to be fed the same data."""

@@ -61,16 +61,12 @@ def _root(
 
 
 def _quiet_runtime() -> None:
-    """onnxruntime's C++ warnings would drown our own messages. Done in the worker, never before the
-    fork: onnxruntime must not start in a process that forks afterwards."""
-    if _debug.get():
-        return
-    try:
-        import onnxruntime
+    """Done in the worker, never before the fork: onnxruntime must not start in a process that forks
+    afterwards."""
+    if not _debug.get():
+        from qconvert.providers import quiet_native_logs
 
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:
-        pass
+        quiet_native_logs()
 
 
 def _run(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], as_json: bool) -> int:

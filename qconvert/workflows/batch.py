@@ -26,6 +26,7 @@ from qconvert import progress
 from qconvert.config import PipelineJob
 from qconvert.errors import ModelError, QconvertError, RuntimeFailure, UsageError, as_error
 from qconvert.model.files import scratch_dir
+from qconvert.providers import quiet_native_logs
 from qconvert.results import BatchItem, BatchResult, PipelineResult, Status
 from qconvert.workflows.processes import die_with_parent, unwind_on
 
@@ -139,6 +140,8 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     unwind_on(signal.SIGTERM)  # which unwind so their temporary files are removed
     os.dup2(2, 1)  # stdout belongs to the parent's results
     logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        quiet_native_logs()
     outcome: PipelineResult | QconvertError
     try:
         outcome = run_job(job)
