@@ -12,9 +12,10 @@ CLI imports and rendering, shows most) and a BERT-base-width encoder with seeded
 (6 layers, hidden 768, 170 MB: a job the size of a real model). Random weights do not matter for
 timing; accuracy is measured elsewhere on trained models. With --exports, also two real detectors
 that packages ship (ddddocr's YOLO-style common_det at 416x416, PP-OCRv4's text detector from
-Paddle2ONNX at 320x320; set-up in bench/exports.py), static on 32 samples: the goal there is qconvert
-<= 1.25x bare quantize_static (ort-raw).
-Usage: python bench/overhead.py [--rounds N] [--quick] [--exports]
+Paddle2ONNX at 320x320; set-up in bench/exports.py), and with --minilm all-MiniLM-L6-v2 (a trained
+BERT encoder, exported by bench/minilm.py in the bench venv), static on 32 samples: the goal there is
+qconvert <= 1.25x bare quantize_static (ort-raw).
+Usage: python bench/overhead.py [--rounds N] [--quick] [--exports] [--minilm]
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def _exported_detectors(tmp: Path) -> list[tuple[str, Path, str]]:
     return cases
 
 
+def _minilm(tmp: Path) -> tuple[str, Path, str]:
+    """all-MiniLM-L6-v2 and 32 calibration sentences padded to 128 tokens, stacked on axis 0."""
+    import minilm
+    import numpy as np
+
+    model, calib_dir, _ = minilm.prepare(tmp / "minilm", calib=32, eval=1, calib_pad_to=minilm.MAX_TOKENS)
+    files = [np.load(f) for f in sorted(calib_dir.glob("*.npz"))]
+    calib = tmp / "minilm.calib.npz"
+    np.savez(calib, **{k: np.concatenate([f[k] for f in files]) for k in files[0].files})
+    return "export all-MiniLM-L6-v2", model, str(calib)
+
+
 def timed(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one child process."""
     start = time.perf_counter()
@@ -133,6 +146,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="only the sample models")
     parser.add_argument("--exports", action="store_true", help="also real detectors from packages (bench/exports.py)")
+    parser.add_argument("--minilm", action="store_true", help="also all-MiniLM-L6-v2 (bench/minilm.py)")
     parser.add_argument("--build-encoder", nargs=2, type=Path, metavar=("MODEL", "CALIB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build_encoder:
@@ -153,6 +167,8 @@ def main() -> None:
             cases += [("encoder-768x6 static", big, str(big_calib)), ("encoder-768x6 dynamic", big, "-")]
         if args.exports:
             cases += _exported_detectors(Path(tmp))
+        if args.minilm:
+            cases.append(_minilm(Path(tmp)))
         for label, model, calib in cases:
             out = Path(tmp) / "out.onnx"
             q_cmd = [qconvert, "quantize", str(model), "-o", str(out), "--force"]
