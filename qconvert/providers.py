@@ -37,7 +37,8 @@ def quiet_onnxruntime() -> Iterator[None]:
     advice onnxruntime's quantizer logs on the root logger ("consider pre-processing")."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.ERROR))
+    if not _verbose():  # with --verbose or --debug, onnxruntime's advice shows
+        root.setLevel(max(level, logging.ERROR))
     sys.stdout.flush()
     saved_fd = None
     try:
@@ -56,14 +57,18 @@ def quiet_onnxruntime() -> Iterator[None]:
         root.setLevel(level)
 
 
+def _verbose() -> bool:
+    return logging.getLogger("qconvert").getEffectiveLevel() <= logging.INFO
+
+
 def quiet_native_logs() -> None:
     """Keep onnxruntime's C++ log (warnings such as "Removing initializer … It is not used by any
-    node", written to stderr past Python's logging) to errors in this process: they would drown
-    qconvert's own messages."""
+    node", written to stderr past Python's logging) to errors in this process, to warnings with
+    --verbose: they would drown qconvert's own messages."""
     with contextlib.suppress(ImportError):
         import onnxruntime
 
-        onnxruntime.set_default_logger_severity(3)
+        onnxruntime.set_default_logger_severity(2 if _verbose() else 3)  # warnings with --verbose
 
 
 def signature(args: Iterable[Any]) -> list[tuple[str, str, int | None]]:
