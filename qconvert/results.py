@@ -341,12 +341,13 @@ class BenchmarkResult(Gated):
     config: BenchmarkConfig
     provider: str
     gates: list[Gate]
+    inputs: str | None = None  # what the runs were fed, when the benchmark read the data itself
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "benchmark", "provider": self.provider,
-            "config": self.config.to_dict(), "models": [m.to_dict() for m in self.models],
+            "config": self.config.to_dict(), "inputs": self.inputs, "models": [m.to_dict() for m in self.models],
             "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }

@@ -10,7 +10,7 @@ from qconvert.calibration.base import CalibrationData, Sample, SampleFactory, sa
 from qconvert.calibration.images import image_files, image_folder
 from qconvert.calibration.npyfile import npz_length
 from qconvert.calibration.plugin import is_plugin_reference, load_plugin
-from qconvert.calibration.synthetic import DEFAULT_SYNTHETIC_SAMPLES, synthetic_samples
+from qconvert.calibration.synthetic import DEFAULT_SYNTHETIC_SAMPLES, free_batch_inputs, synthetic_samples
 from qconvert.calibration.testdata import onnx_test_data, test_data_sets
 from qconvert.config import DataConfig
 from qconvert.errors import DataError
@@ -50,7 +50,9 @@ def _reader(config: DataConfig, specs: list[TensorSpec]) -> CalibrationData:
     if source == SYNTHETIC:
         count = config.max_samples or DEFAULT_SYNTHETIC_SAMPLES
         factory = partial(synthetic_samples, specs, config.shape_overrides(), count, config.seed)
-        return build("synthetic", f"synthetic data ({count} samples, seed {config.seed})",
+        free = free_batch_inputs(specs, config.shape_overrides())
+        batch = f"; the dynamic batch dim of {', '.join(map(repr, free))} is 1 (--shape for another)" if free else ""
+        return build("synthetic", f"synthetic data ({count} samples, seed {config.seed}{batch})",
                      factory, synthetic=True, length=count)
     path = Path(source)
     if not path.exists() and is_plugin_reference(source):

@@ -37,6 +37,12 @@ def resolve_shape(spec: TensorSpec, overrides: dict[str, tuple[int, ...]]) -> tu
     return tuple(concrete)
 
 
+def free_batch_inputs(specs: list[TensorSpec], overrides: dict[str, tuple[int, ...]]) -> list[str]:
+    """Inputs whose dynamic leading (batch) dim `resolve_shape` sets to 1, the convention."""
+    return [s.name for s in specs if s.name not in overrides and s.dims and not (isinstance(s.dims[0], int)
+                                                                                 and s.dims[0] > 0)]
+
+
 def synthetic_samples(specs: list[TensorSpec], overrides: dict[str, tuple[int, ...]], count: int,
                       seed: int) -> Iterator[Sample]:
     shapes = {s.name: resolve_shape(s, overrides) for s in specs}

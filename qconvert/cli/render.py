@@ -307,8 +307,9 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
         print_json(r.to_dict())
     else:
         cfg = r.config
+        fed = f"; inputs: {escape(r.inputs)}" if r.inputs else ""
         table = Table(title=f"latency on {escape(r.provider)} (ms per batch of {cfg.batch}, "
-                            f"interleaved, {r.models[0].runs} runs each)", title_justify="left")
+                            f"interleaved, {r.models[0].runs} runs each{fed})", title_justify="left")
         placed = any(m.placement is not None for m in r.models)
         columns = ["model", "mean", "p50", "p90", "p99", "min", "per s", "speedup"]
         columns += ["on provider"] if placed else []

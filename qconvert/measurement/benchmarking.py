@@ -97,8 +97,10 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
     if not models:
         raise UsageError("no model to benchmark")
     paths = [Path(m) for m in models]
+    inputs = None
     if isinstance(feeds, DataConfig):
-        feeds = batch_feeds(data_for(feeds, paths[0]), config.batch)
+        data = data_for(feeds, paths[0])
+        feeds, inputs = batch_feeds(data, config.batch), data.description
     for path in paths:
         check_model_file(path)
     provider = resolve(config.ep.provider)
@@ -115,7 +117,7 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
     latencies = [_latency(p, t, config.batch, first_median if i else None, where)
                  for i, (p, t, where) in enumerate(zip(paths, times, placements, strict=True))]
     return BenchmarkResult(models=latencies, config=config, provider=provider.name,
-                           gates=_gates(config, latencies))
+                           gates=_gates(config, latencies), inputs=inputs)
 
 
 def _gates(config: BenchmarkConfig, latencies: list[Latency]) -> list[Gate]:

@@ -62,3 +62,12 @@ def test_batch_feeds_stack_and_cycle(mlp: Path, tmp_path: Path) -> None:
     feeds = batch_feeds(stream, 5)
     assert feeds["x"].shape == (5, 16)
     assert np.array_equal(feeds["x"][2], feeds["x"][0]) and not np.array_equal(feeds["x"][0], feeds["x"][1])
+
+
+def test_synthetic_inputs_say_a_free_batch_dim_is_one(tmp_path: Path) -> None:
+    from tests import models as built
+
+    src = built.save(built.paddle_dynamic_dims(), tmp_path / "m.onnx")  # only the batch dim is dynamic (-1)
+    result = benchmark([src], DataConfig("synthetic"), config=BenchmarkConfig(runs=2, warmup=0))
+    assert result.inputs is not None and "the dynamic batch dim of 'x' is 1 (--shape for another)" in result.inputs
+    assert result.to_dict()["inputs"] == result.inputs
