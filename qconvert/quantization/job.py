@@ -203,8 +203,6 @@ class QuantizeJob:
         """Step 3: quantize into `staged`, leaving the nodes in `keep_float` (name -> reason) out of
         static QDQ — in float, or quantized dynamically with `sensitive=dynamic` — and raising the
         activations of the nodes in `widen` to 16 bits (QNN target only)."""
-        import onnx
-
         prepared = self.prepared
         the_plan = replace(prepared.plan, excluded={**prepared.plan.excluded, **(keep_float or {})})
         dynamic = sorted(keep_float or {}) if self.config.sensitive is Sensitive.DYNAMIC else []
@@ -228,9 +226,8 @@ class QuantizeJob:
                                 "the rest quantized")
         samples = read if read is not None else samples
         quant_seconds = time.perf_counter() - t0
-        _declare_used_domains_only(staged)
+        quantized_model = _declare_used_domains_only(staged)
         _check_loads(staged)
-        quantized_model = onnx.load(str(staged), load_external_data=False)
         _check_scales(quantized_model, staged)
         result_ops, skipped = self._outcome(quantized_model, the_plan, dynamic)
         config = self.config
@@ -340,10 +337,11 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     return result
 
 
-def _declare_used_domains_only(path: Path) -> None:
+def _declare_used_domains_only(path: Path) -> onnx.ModelProto:
     """Keep the opset imports a node or local function uses (ai.onnx always): onnxruntime's optimiser
     declares every domain it knows (ai.onnx.training, com.microsoft.nchwc, org.pytorch.aten, …),
-    which other converters and runtimes reject."""
+    which other converters and runtimes reject. Returns the model's graph as written (weight data
+    in a sidecar stays there)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -355,6 +353,7 @@ def _declare_used_domains_only(path: Path) -> None:
         del model.opset_import[:]
         model.opset_import.extend(kept)
         onnx.save(model, str(path))  # the graph only: a sidecar stays as it is
+    return model
 
 
 def _check_loads(path: Path) -> None:
