@@ -29,6 +29,7 @@ class StrEnum(str, Enum):
 class Mode(StrEnum):
     STATIC = "static"
     DYNAMIC = "dynamic"
+    WEIGHT_ONLY = "weight-only"  # block-wise 4/8-bit weights, float activations (language models)
 
 
 class ActivationType(StrEnum):
@@ -72,6 +73,58 @@ class Sensitive(StrEnum):
     INT16 = "int16"
 
 
+class WeightForm(StrEnum):
+    """How weight-only quantization is written: onnxruntime's `MatMulNBits` / `GatherBlockQuantized`
+    (its fast CPU kernels), or standard `DequantizeLinear` (blocked int4, opset 21) → MatMul for NPUs
+    and runtimes without onnxruntime's contrib ops."""
+
+    NBITS = "nbits"
+    QDQ = "qdq"
+
+
+# Block sizes onnxruntime's MatMulNBits takes, and accuracy levels: 0 unset, 1 fp32, 2 fp16, 3 bf16,
+# 4 int8 activations (the CPU's fast path).
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+FAST_ACCURACY_LEVEL = 4
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig:
+    """Weight-only quantization (`mode=weight-only`): MatMul and embedding-Gather weights in blocks of
+    `block_size` along the input dimension, `bits` each, with a scale (and, asymmetric, a zero point)
+    per block; activations stay float. `eight_bit` names nodes written with 8 bits in a 4-bit model
+    (the sensitive ones); `accuracy_level` is MatMulNBits' compute type (4: int8 activations, the
+    fast CPU kernel; 0: onnxruntime's default, float)."""
+
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = FAST_ACCURACY_LEVEL
+    form: WeightForm = WeightForm.NBITS
+    embeddings: bool = True  # quantize embedding tables read by Gather too
+    eight_bit: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise UsageError(f"weight-only quantization writes 4- or 8-bit weights, not {self.bits}-bit",
+                             hint="use --weights int4 or --weights int8")
+        if self.block_size not in BLOCK_SIZES:
+            raise UsageError(f"--block-size must be a power of two from 16 to 256, got {self.block_size}",
+                             hint="32 keeps the most accuracy, 128 is smaller and as fast")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise UsageError(f"--accuracy-level takes 0-4, got {self.accuracy_level}",
+                             hint="4 (int8 activations) is the fast CPU path; 0 leaves it to onnxruntime")
+        if self.form is WeightForm.QDQ and self.bits != 4:
+            raise UsageError("the QDQ form writes blocked int4 weights (onnxruntime's quantizer has no 8-bit QDQ "
+                             "form)", hint="use --weights int4, or --weight-form nbits for 8 bits")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,
+                "accuracy_level": self.accuracy_level, "form": self.form.value, "embeddings": self.embeddings,
+                "eight_bit": list(self.eight_bit)}
+
+
 class Layout(StrEnum):
     NCHW = "NCHW"
     NHWC = "NHWC"
@@ -110,11 +163,13 @@ class QuantizeConfig:
     # pair on it). NPUs whose node units need quantized outputs turn this off.
     float_outputs: bool = True
     presets: tuple[str, ...] = ()  # the presets this configuration was built from, for the record
+    weight_only: WeightOnlyConfig = field(default_factory=WeightOnlyConfig)  # mode=weight-only only
 
     def to_dict(self) -> dict[str, object]:
         d = {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
              for k, v in asdict(self).items()}
         d["fixed_shapes"] = {name: list(dims) for name, dims in self.fixed_shapes}
+        d["weight_only"] = self.weight_only.to_dict()
         return d
 
 
@@ -168,20 +223,98 @@ class EPConfig:
 
 @dataclass(frozen=True)
 class Gates:
-    """Thresholds a quantized model must meet; None means not checked."""
+    """Thresholds a quantized model must meet; None means not checked. The first three judge outputs on
+    evaluation data; the last two a language model on text."""
 
     min_cosine: float | None = None  # mean cosine similarity, every output
     max_drop: float | None = None  # top-1 accuracy drop in points (needs labels)
     min_sqnr: float | None = None  # dB, every output
+    max_ppl_ratio: float | None = None  # perplexity over FP32's, on the evaluation text
+    min_top1: float | None = None  # share of positions where the next-token argmax agrees with FP32's
+
+    def __post_init__(self) -> None:
+        if self.max_ppl_ratio is not None and self.max_ppl_ratio < 1.0:
+            raise UsageError(f"--max-ppl-ratio is a ratio to FP32's perplexity, at least 1, got {self.max_ppl_ratio}",
+                             hint="e.g. 1.05: at most 5 % above FP32")
+        if self.min_top1 is not None and not 0.0 <= self.min_top1 <= 1.0:
+            raise UsageError(f"--min-top1 is a share of positions in [0, 1], got {self.min_top1}",
+                             hint="e.g. 0.9: nine next tokens in ten agree with FP32")
+
+    @property
+    def on_outputs(self) -> bool:
+        return any(v is not None for v in (self.min_cosine, self.max_drop, self.min_sqnr))
+
+    @property
+    def on_text(self) -> bool:
+        return self.max_ppl_ratio is not None or self.min_top1 is not None
 
     def to_dict(self) -> dict[str, object]:
-        return {"min_cosine": self.min_cosine, "max_drop": self.max_drop, "min_sqnr": self.min_sqnr}
+        return {"min_cosine": self.min_cosine, "max_drop": self.max_drop, "min_sqnr": self.min_sqnr,
+                "max_ppl_ratio": self.max_ppl_ratio, "min_top1": self.min_top1}
+
+
+@dataclass(frozen=True)
+class TextData:
+    """Text a language model is evaluated on: a UTF-8 file and the tokenizer.json that turns it into
+    token ids (None: the one beside the model), or a .npy of token ids."""
+
+    text: Path | None = None
+    tokenizer: Path | None = None
+    tokens: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.text is None) == (self.tokens is None):
+            raise UsageError("give the evaluation text as --text FILE (with --tokenizer) or --tokens FILE.npy, "
+                             "not both" if self.text else "no evaluation text given",
+                             hint="--text eval.txt --tokenizer tokenizer.json, or --tokens ids.npy")
+        if self.tokens is not None and self.tokenizer is not None:
+            raise UsageError("--tokenizer applies to --text; --tokens are token ids already")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"text": None if self.text is None else str(self.text),
+                "tokenizer": None if self.tokenizer is None else str(self.tokenizer),
+                "tokens": None if self.tokens is None else str(self.tokens)}
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """How text is evaluated: windows of `context` tokens `stride` apart (None: `context`, windows that
+    do not overlap), at most `max_windows` of them; `prompts` greedy generations of `generate_tokens`
+    tokens after `prompt_tokens`-token prompts taken evenly over the text (0 prompts: none)."""
+
+    context: int = 256
+    stride: int | None = None
+    max_windows: int | None = None
+    prompts: int = 4
+    prompt_tokens: int = 32
+    generate_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.context < 2:
+            raise UsageError(f"--context must be at least 2 tokens, got {self.context}")
+        if self.stride is not None and not 1 <= self.stride <= self.context:
+            raise UsageError(f"--stride must be between 1 and --context ({self.context}), got {self.stride}")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise UsageError(f"--max-windows must be at least 1, got {self.max_windows}")
+        if self.prompts < 0:
+            raise UsageError(f"--prompts must be 0 or more, got {self.prompts}")
+        if self.prompt_tokens < 1 or self.generate_tokens < 1:
+            raise UsageError(f"prompts need at least 1 token and generate at least 1, got {self.prompt_tokens} and "
+                             f"{self.generate_tokens}")
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.context
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "stride": self.step}
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     gates: Gates = field(default_factory=Gates)
     ep: EPConfig = field(default_factory=EPConfig)  # where the quantized model runs
+    language: LanguageConfig = field(default_factory=LanguageConfig)  # text validation
     min_provider_share: float | None = None  # gate: share of the quantized model's nodes on `ep` (not the CPU)
 
     def __post_init__(self) -> None:
@@ -198,6 +331,24 @@ DEFAULT_RUNS = 100
 
 
 @dataclass(frozen=True)
+class DecodeConfig:
+    """A language model's generation benchmark: prefill a `prompt_tokens` prompt in one call, then
+    generate `new_tokens` greedily one per call through the KV cache; `rounds` timed rounds."""
+
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    rounds: int = 5
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 1 or self.new_tokens < 1 or self.rounds < 1:
+            raise UsageError(f"--prompt-tokens, --new-tokens and --runs must be at least 1, got {self.prompt_tokens}, "
+                             f"{self.new_tokens} and {self.rounds}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens, "rounds": self.rounds}
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     runs: int | None = None  # timed runs per model; DEFAULT_RUNS when neither this nor duration is set
     duration: float | None = None  # or: seconds of timed runs per model
@@ -209,6 +360,7 @@ class BenchmarkConfig:
     # The first model is only a reference (the FP32 original, in the pipeline): where it ran is
     # reported, but only the others must run on the provider.
     reference_first: bool = False
+    decode: DecodeConfig | None = None  # language models: time prefill and decode instead of one run
 
     def __post_init__(self) -> None:
         if self.runs is not None and self.duration is not None:
@@ -222,7 +374,8 @@ class BenchmarkConfig:
     def to_dict(self) -> dict[str, object]:
         return {"runs": self.runs if self.runs or self.duration else DEFAULT_RUNS, "duration": self.duration,
                 "warmup": self.warmup, "batch": self.batch, "ep": self.ep.to_dict(), "min_speedup": self.min_speedup,
-                "min_provider_share": self.min_provider_share, "reference_first": self.reference_first}
+                "min_provider_share": self.min_provider_share, "reference_first": self.reference_first,
+                "decode": self.decode.to_dict() if self.decode else None}
 
 
 DEFAULT_MAX_TRIALS = 12

@@ -8,7 +8,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qconvert.config import CPU, BenchmarkConfig, EPConfig, Mode, PipelineJob, SearchConfig, Sensitive, StrEnum
+from qconvert.config import (
+    CPU,
+    BenchmarkConfig,
+    EPConfig,
+    LanguageConfig,
+    Mode,
+    PipelineJob,
+    SearchConfig,
+    Sensitive,
+    StrEnum,
+)
 from qconvert.errors import ExitCode, QconvertError
 
 SCHEMA_VERSION = 2  # 2: pipeline validate/benchmark are lists (one per provider); latency samples
@@ -79,6 +89,9 @@ class InspectResult:
     file_bytes: int
     quantization: dict[str, int]  # "qdq" / "qoperator" / "integer" -> node count
     candidates: dict[str, dict[str, int]]  # mode -> op type -> candidate count
+    decoder: dict[str, object] | None = None  # a language-model decoder's signature (model.decoder)
+    bytes_by_role: dict[str, int] | None = None  # decoders: embedding / lm_head / block / other bytes
+    slow_nodes: dict[str, int] = field(default_factory=dict)  # MatMulNBits on the slow CPU path, by reason
 
     @property
     def nodes(self) -> int:
@@ -103,7 +116,8 @@ class InspectResult:
             "parameter_bytes": sum(v["bytes"] for v in self.parameters.values()),
             "external_data": self.external_data, "file_bytes": self.file_bytes,
             "quantized": self.quantized_format, "quantization_nodes": self.quantization,
-            "candidates": self.candidates,
+            "candidates": self.candidates, "decoder": self.decoder, "bytes_by_role": self.bytes_by_role,
+            "slow_nodes": self.slow_nodes,
         }
 
 
@@ -117,6 +131,24 @@ class QuickCheck:
 
     def to_dict(self) -> dict[str, object]:
         return {"samples": self.samples, "worst_cosine": number(self.worst_cosine), "output": self.output}
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One weight of a weight-only model: its node, role (embedding, lm_head, block), elements, the
+    bits it got (None: kept float) and the bytes it is stored in (0 when it reads a tied weight)."""
+
+    node: str
+    op_type: str
+    role: str
+    params: int
+    bits: int | None
+    stored_bytes: int
+    tied_to: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"node": self.node, "op_type": self.op_type, "role": self.role, "params": self.params,
+                "bits": self.bits, "stored_bytes": self.stored_bytes, "tied_to": self.tied_to}
 
 
 @dataclass
@@ -139,6 +171,8 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
     float_outputs: int = 0  # quantized MatMul/Gemm nodes whose outputs stay float (no reader is quantized)
     check: QuickCheck | None = None  # against FP32 on a few calibration samples (static mode)
+    weights: list[QuantizedWeight] = field(default_factory=list)  # weight-only mode: every candidate weight
+    copied: list[str] = field(default_factory=list)  # model-folder files written beside the output
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -178,6 +212,7 @@ class QuantizeResult:
             "calibration": {**(self.data or {}), "samples": self.calibration_samples} if self.data else None,
             "preprocess": self.preprocess, "check": self.check.to_dict() if self.check else None,
             "config": self.config, "warnings": list(self.warnings), "versions": self.versions,
+            "weights": [w.to_dict() for w in self.weights], "copied": list(self.copied),
         }
 
 
@@ -293,11 +328,13 @@ class ValidateResult(Gated):
     gates: list[Gate]
     placement: Placement | None = None  # of the quantized model, off the CPU provider
     warnings: list[str] = field(default_factory=list)
+    language: LanguageComparison | None = None  # validation on text (language models)
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "validate",
+            "language": self.language.to_dict() if self.language else None,
             "fp32": self.fp32_path, "quantized": self.quantized_path, "data": self.data, "samples": self.samples,
             "ep": self.ep.to_dict(), "placement": self.placement.to_dict() if self.placement else None,
             "outputs": [o.to_dict() for o in self.outputs],
@@ -342,12 +379,14 @@ class BenchmarkResult(Gated):
     provider: str
     gates: list[Gate]
     inputs: str | None = None  # what the runs were fed, when the benchmark read the data itself
+    decoding: list[DecodeTiming] = field(default_factory=list)  # language models (config.decode)
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "benchmark", "provider": self.provider,
             "config": self.config.to_dict(), "inputs": self.inputs, "models": [m.to_dict() for m in self.models],
+            "decoding": [d.to_dict() for d in self.decoding],
             "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
@@ -629,4 +668,79 @@ class PipelineResult:
             "benchmark": [b.to_dict() for b in self.benchmark],
             "analyze": self.analyze.to_dict() if self.analyze else None,
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
+        }
+
+
+@dataclass(frozen=True)
+class LanguageComparison:
+    """A candidate decoder (typically quantized) against its reference on the same token stream.
+
+    `kl_divergence` is the mean over scored positions of KL(reference || candidate) in nats, over
+    the positions where the candidate's logits are finite; `top1_agreement` the share of scored
+    positions whose argmax agrees (a non-finite candidate row never agrees). `generation_agreement`
+    is the mean over prompts of the greedy generations' common prefix / `generate_tokens`;
+    `identical_generations` the prompts generated identically throughout. `non_finite_positions`
+    counts scored positions whose candidate logits hold NaN or Inf; its perplexity is then inf.
+    """
+
+    reference_path: str
+    candidate_path: str
+    ep: EPConfig
+    config: LanguageConfig
+    stream_tokens: int
+    tokens: int
+    windows: int
+    reference_perplexity: float
+    candidate_perplexity: float
+    perplexity_ratio: float
+    kl_divergence: float
+    top1_agreement: float
+    prompts: int
+    generation_agreement: float | None
+    identical_generations: int | None
+    non_finite_positions: int
+    placement: Placement | None = field(default=None)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "reference_path": self.reference_path, "candidate_path": self.candidate_path,
+            "ep": self.ep.to_dict(), "config": self.config.to_dict(), "stream_tokens": self.stream_tokens,
+            "tokens": self.tokens, "windows": self.windows,
+            "reference_perplexity": number(self.reference_perplexity, 4),
+            "candidate_perplexity": number(self.candidate_perplexity, 4),
+            "perplexity_ratio": number(self.perplexity_ratio, 6), "kl_divergence": number(self.kl_divergence, 8),
+            "top1_agreement": number(self.top1_agreement, 6), "prompts": self.prompts,
+            "generation_agreement": number(self.generation_agreement, 6),
+            "identical_generations": self.identical_generations, "non_finite_positions": self.non_finite_positions,
+            "placement": self.placement.to_dict() if self.placement else None,
+        }
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """One model's generation speed: medians over `rounds` timed rounds, and the samples behind them."""
+
+    path: str
+    prompt_tokens: int
+    new_tokens: int
+    rounds: int
+    kv_cache: bool
+    prefill_ms: float  # median time to run the prompt in one call
+    decode_tokens_per_s: float  # median over rounds of new_tokens / the time of their new_tokens calls
+    prefill_speedup: float  # median over rounds of (first model's prefill time / this one's); 1.0 for the first
+    decode_speedup: float  # median over rounds of (this one's tokens/s / the first model's)
+    rss_growth_bytes: int | None  # see the module docstring
+    memory_measure: str | None  # "peak" (VmHWM) or "after" (VmRSS after the warm-up), None when unmeasured
+    prefill_samples_ms: tuple[float, ...]
+    decode_samples_tokens_per_s: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path, "prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+            "rounds": self.rounds, "kv_cache": self.kv_cache, "prefill_ms": round(self.prefill_ms, 4),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
+            "prefill_speedup": round(self.prefill_speedup, 4), "decode_speedup": round(self.decode_speedup, 4),
+            "rss_growth_bytes": self.rss_growth_bytes, "memory_measure": self.memory_measure,
+            "prefill_samples_ms": [round(v, 4) for v in self.prefill_samples_ms],
+            "decode_samples_tokens_per_s": [round(v, 3) for v in self.decode_samples_tokens_per_s],
         }

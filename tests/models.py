@@ -429,3 +429,149 @@ def row_bias_gemm(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("MatMul", ["r", "w2"], ["y"], name="dense2")]
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def tiny_decoder(seed: int = 0, *, vocab: int = 40, hidden: int = 16, layers: int = 2, heads: int = 2,
+                 cache: bool = True, past: str = "past_key_values.{layer}.{kind}",
+                 present: str = "present.{layer}.{kind}", kinds: tuple[str, str] = ("key", "value"),
+                 perturb: float = 0.0, broken: bool = False, max_positions: int = 64,
+                 float16_cache: bool = False) -> onnx.ModelProto:
+    """A GPT-style decoder in onnxruntime-genai's layout: input_ids, attention_mask, position_ids and
+    per layer a past key/value [batch, heads, past_seq, head_size] in; logits [batch, seq, vocab] and
+    the present key/value (past concatenated with the new tokens') out. Token + position embeddings,
+    `layers` blocks of causal multi-head attention (the mask built from the past's length and the
+    attention mask) and a ReLU MLP, both residual, then LayerNormalization and the LM head.
+
+    `cache=False` is the same network without a KV cache: input_ids and attention_mask in, logits
+    out, positions counted from 0; with the same seed it computes the same logits. `past`/`present`
+    name the cache tensors (`kinds` fills `{kind}`). `perturb` adds seeded noise of that relative size
+    to every weight (a stand-in for quantization error); `broken` multiplies the logits by NaN at run
+    time; `float16_cache` reads and returns the cache in float16 (computing in float32)."""
+    rng = np.random.default_rng(seed)
+    noise = np.random.default_rng(seed + 1000)
+    head_size = hidden // heads
+    inits: list[onnx.TensorProto] = []
+
+    def weight(name: str, *shape: int, scale: float) -> str:
+        value = rng.standard_normal(shape) * scale
+        if perturb:
+            value = value + noise.standard_normal(shape) * scale * perturb
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    nodes: list[onnx.NodeProto] = []
+    wte = weight("wte", vocab, hidden, scale=1.0)
+    wpe = weight("wpe", max_positions, hidden, scale=0.5)
+    const("zero", np.array(0, np.int64))
+    const("one", np.array(1, np.int64))
+    const("axis0", np.array([0], np.int64))
+    const("axis1", np.array([1], np.int64))
+    const("axes12", np.array([1, 2], np.int64))
+    const("neg_big", np.array(-1e9, np.float32))
+    const("zero_f", np.array(0.0, np.float32))
+    const("one_f", np.array(1.0, np.float32))
+    const("heads_shape", np.array([0, 0, heads, head_size], np.int64))
+    const("hidden_shape", np.array([0, 0, hidden], np.int64))
+    const("scale", np.array(1.0 / np.sqrt(head_size), np.float32))
+
+    def cache_name(template: str, layer: int, kind: int) -> str:
+        return template.format(layer=layer, kind=kinds[kind])
+
+    seq = node("Shape", ["input_ids"], "seq", start=1, end=2)
+    if cache:
+        past_len = node("Shape", [cache_name(past, 0, 0)], "past_len", start=2, end=3)
+        positions = node("Gather", [wpe, "position_ids"], "pos_emb")
+    else:
+        past_len = const("past_len", np.array([0], np.int64))
+        seq_scalar = node("Squeeze", [seq, "axis0"], "seq_scalar")
+        position_range = node("Range", ["zero", seq_scalar, "one"], "position_range")
+        positions = node("Gather", [wpe, position_range], "pos_emb")
+    x = node("Add", [node("Gather", [wte, "input_ids"], "tok_emb"), positions], "x0")
+    total = node("Add", [past_len, seq], "total")
+    q_positions = node("Range", [node("Squeeze", [past_len, "axis0"], "past_scalar"),
+                                 node("Squeeze", [total, "axis0"], "total_scalar"), "one"], "q_positions")
+    k_positions = node("Range", ["zero", "total_scalar", "one"], "k_positions")
+    allowed = node("LessOrEqual", [node("Unsqueeze", [k_positions, "axis0"], "k_row"),
+                                   node("Unsqueeze", [q_positions, "axis1"], "q_col")], "allowed")
+    causal = node("Where", [allowed, "zero_f", "neg_big"], "causal")
+    masked = node("Sub", ["one_f", node("Cast", ["attention_mask"], "mask_f", to=TensorProto.FLOAT)], "masked")
+    padding = node("Unsqueeze", [node("Mul", [masked, "neg_big"], "padding_2d"), "axes12"], "padding")
+    bias = node("Add", [causal, padding], "attention_bias")
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"])]
+    if cache:
+        inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
+    for i in range(layers):
+        def split(name: str, source: str, layer: int) -> str:
+            projected = node("MatMul", [source, weight(f"l{layer}_w{name}", hidden, hidden, scale=hidden ** -0.5)],
+                             f"l{layer}_{name}")
+            return node("Transpose", [node("Reshape", [projected, "heads_shape"], f"l{layer}_{name}_heads")],
+                        f"l{layer}_{name}_bhsd", perm=[0, 2, 1, 3])
+
+        q, k, v = split("q", x, i), split("k", x, i), split("v", x, i)
+        if cache:
+            kv_type = TensorProto.FLOAT16 if float16_cache else TensorProto.FLOAT
+            full = []
+            for kind, new in enumerate((k, v)):
+                past_name, present_name = cache_name(past, i, kind), cache_name(present, i, kind)
+                inputs.append(helper.make_tensor_value_info(past_name, kv_type,
+                                                            ["batch", heads, "past_seq", head_size]))
+                outputs.append(helper.make_tensor_value_info(present_name, kv_type,
+                                                             ["batch", heads, "total_seq", head_size]))
+                if float16_cache:
+                    read = node("Cast", [past_name], f"{past_name}_f32", to=TensorProto.FLOAT)
+                    full.append(node("Concat", [read, new], f"{present_name}_f32", axis=2))
+                    node("Cast", [full[-1]], present_name, to=TensorProto.FLOAT16)
+                else:
+                    full.append(node("Concat", [past_name, new], present_name, axis=2))
+            k, v = full
+        scores = node("Mul", [node("MatMul", [q, node("Transpose", [k], f"l{i}_kt", perm=[0, 1, 3, 2])],
+                                   f"l{i}_qk"), "scale"], f"l{i}_scores")
+        probs = node("Softmax", [node("Add", [scores, bias], f"l{i}_biased")], f"l{i}_probs", axis=-1)
+        merged = node("Reshape", [node("Transpose", [node("MatMul", [probs, v], f"l{i}_context")],
+                                       f"l{i}_bshd", perm=[0, 2, 1, 3]), "hidden_shape"], f"l{i}_merged")
+        attended = node("MatMul", [merged, weight(f"l{i}_wo", hidden, hidden, scale=hidden ** -0.5)], f"l{i}_attn")
+        x = node("Add", [x, attended], f"l{i}_x1")
+        up = node("Relu", [node("MatMul", [x, weight(f"l{i}_w1", hidden, 2 * hidden, scale=hidden ** -0.5)],
+                                f"l{i}_up_mm")], f"l{i}_up")
+        down = node("MatMul", [up, weight(f"l{i}_w2", 2 * hidden, hidden, scale=(2 * hidden) ** -0.5)], f"l{i}_down")
+        x = node("Add", [x, down], f"l{i}_x2")
+    const("gamma", np.ones(hidden, np.float32))
+    const("beta", np.zeros(hidden, np.float32))
+    normed = node("LayerNormalization", [x, "gamma", "beta"], "normed", axis=-1)
+    head = weight("lm_head", hidden, vocab, scale=3.0 * hidden ** -0.5)
+    if broken:
+        node("MatMul", [normed, head], "raw_logits")
+        const("minus_one", np.array(-1.0, np.float32))
+        node("Mul", ["raw_logits", node("Sqrt", ["minus_one"], "nan")], "logits")
+    else:
+        node("MatMul", [normed, head], "logits")
+    return _model(nodes, inputs, outputs, inits)
+
+
+def shared_input_matmuls(seed: int = 0) -> onnx.ModelProto:
+    """x [batch, seq, 16] -> Mul -> h; MatMuls `mma` and `mmb` both read h, `mmc` reads Relu(h @ wa)
+    [.., 24]: two activations for three MatMuls, as q/k/v projections share theirs."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 3.0, 16).astype(np.float32), "gain"),
+             numpy_helper.from_array(_weights(rng, 16, 24), "wa"),
+             numpy_helper.from_array(_weights(rng, 16, 8), "wb"),
+             numpy_helper.from_array(_weights(rng, 24, 4), "wc")]
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["h"], name="gain"),
+             helper.make_node("MatMul", ["h", "wa"], ["a"], name="mma"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "wc"], ["y"], name="mmc"),
+             helper.make_node("MatMul", ["h", "wb"], ["z"], name="mmb")]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4]),
+                   helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "seq", 8])], inits)

@@ -56,6 +56,36 @@ MinSqnrOpt = Annotated[float | None, typer.Option(
 DataOpt = Annotated[str, typer.Option(
     "--data", help="Evaluation data, read like --calib: .npz file or folder, .npy folder, ONNX test data, "
                    "images, or a plugin.", show_default=False)]
+EvalDataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Evaluation data, read like --calib: .npz file or folder, .npy folder, ONNX test data, "
+                   "images, or a plugin (a language model: --text instead).", show_default=False)]
+TextOpt = Annotated[Path | None, typer.Option(
+    "--text", help="Language models: evaluation text (UTF-8), tokenized with --tokenizer.", show_default=False,
+    rich_help_panel="Language models")]
+TokenizerOpt = Annotated[Path | None, typer.Option(
+    "--tokenizer", help="Language models: the model's tokenizer.json (Hugging Face tokenizers).",
+    show_default="tokenizer.json beside the FP32 model", rich_help_panel="Language models")]
+TokensOpt = Annotated[Path | None, typer.Option(
+    "--tokens", help="Language models: evaluation token ids (.npy, 1-D, or 2-D rows joined) instead of --text.",
+    show_default=False, rich_help_panel="Language models")]
+ContextOpt = Annotated[int, typer.Option(
+    "--context", min=2, help="Language models: tokens per perplexity window.", rich_help_panel="Language models")]
+StrideOpt = Annotated[int | None, typer.Option(
+    "--stride", min=1, help="Language models: tokens between window starts (less than --context: overlapping "
+                            "windows, every scored token with more history).",
+    show_default="--context", rich_help_panel="Language models")]
+MaxWindowsOpt = Annotated[int | None, typer.Option(
+    "--max-windows", min=1, help="Language models: score at most this many windows.", show_default=False,
+    rich_help_panel="Language models")]
+PromptsOpt = Annotated[int, typer.Option(
+    "--prompts", min=0, help="Language models: greedy generations compared, from prompts taken over the text.",
+    rich_help_panel="Language models")]
+MaxPplRatioOpt = Annotated[float | None, typer.Option(
+    "--max-ppl-ratio", help="Gate: perplexity over FP32's on the text (e.g. 1.05).", show_default=False,
+    rich_help_panel="Language models")]
+MinTop1Opt = Annotated[float | None, typer.Option(
+    "--min-top1", help="Gate: share of positions whose next-token argmax agrees with FP32's (e.g. 0.9).",
+    show_default=False, rich_help_panel="Language models")]
 SamplesOpt = Annotated[int | None, typer.Option(
     "--samples", min=1, help="Use at most this many evaluation samples.", show_default=False)]
 RunsOpt = Annotated[int | None, typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,8 @@ from qconvert.config import (
     QuantizeConfig,
     Sensitive,
     Target,
+    WeightForm,
+    WeightOnlyConfig,
     WeightType,
 )
 from qconvert.errors import UsageError
@@ -62,10 +65,12 @@ def quantize(
         "--preset", help=f"Start from a named configuration ({', '.join(PRESETS)}); repeatable: a target then a "
                          "family. Options given explicitly override it.", show_default=False)] = None,
     mode: Annotated[Mode | None, typer.Option(
-        help="static (QDQ, needs --calib) or dynamic; default: static with --calib, else dynamic.",
+        help="static (QDQ, needs --calib), dynamic, or weight-only (block-wise 4/8-bit MatMul and embedding "
+             "weights, float activations: language models); default: static with --calib, else dynamic.",
         show_default=False)] = None,
     activations: Annotated[ActivationType, typer.Option(help="Activation type (static mode).")] = ActivationType.UINT8,
-    weights: Annotated[WeightType, typer.Option(help="Weight type.")] = WeightType.INT8,
+    weights: Annotated[WeightType, typer.Option(
+        help="Weight type; weight-only mode: int4 (its default) or int8.")] = WeightType.INT8,
     per_channel: Annotated[bool, typer.Option(
         "--per-channel/--per-tensor", help="Weight scales per output channel.")] = True,
     reduce_range: Annotated[bool, typer.Option(help="7-bit weights (for CPUs without VNNI).")] = False,
@@ -104,6 +109,23 @@ def quantize(
         "--float-outputs/--quantize-all-outputs",
         help="Static: a MatMul/Gemm whose output only float ops read writes float, with no Q/DQ pair on it "
              "(less rounding, same integer kernel); NPU presets quantize every output.")] = True,
+    block_size: Annotated[int, typer.Option(
+        "--block-size", help="Weight-only: weights per scale along the input dimension (16-256, a power of two).",
+        rich_help_panel="Weight-only")] = 32,
+    accuracy_level: Annotated[int, typer.Option(
+        "--accuracy-level", min=0, max=4, help="Weight-only: MatMulNBits' compute type, 4 = int8 activations (the "
+                                              "fast CPU kernel), 0 = onnxruntime's float default.",
+        rich_help_panel="Weight-only")] = 4,
+    weight_form: Annotated[WeightForm, typer.Option(
+        "--weight-form", help="Weight-only: nbits (onnxruntime's MatMulNBits / GatherBlockQuantized) or qdq "
+                              "(blocked int4 DequantizeLinear → MatMul, opset 21, for NPUs and other runtimes).",
+        rich_help_panel="Weight-only")] = WeightForm.NBITS,
+    embeddings: Annotated[bool, typer.Option(
+        "--embeddings/--no-embeddings", help="Weight-only: quantize embedding tables (Gather) too.",
+        rich_help_panel="Weight-only")] = True,
+    eight_bit: Annotated[list[str] | None, typer.Option(
+        "--eight-bit", help="Weight-only: nodes whose name matches this glob get 8 bits in a 4-bit model "
+                            "(repeatable).", show_default=False, rich_help_panel="Weight-only")] = None,
     calib_samples: CalibSamplesOpt = None,
     shape: ShapeOpt = None,
     image_size: ImageSizeOpt = None,
@@ -192,7 +214,31 @@ def _config(ctx: typer.Context, providers: tuple[EPConfig, ...]) -> QuantizeConf
     render.warnings(list(resolved.warnings))
     if ctx.params["preset"]:
         render.presets([PRESETS[name] for name in resolved.config.presets], list(resolved.explicit))
-    return resolved.config
+    return replace(resolved.config, weight_only=_weight_only(ctx, resolved.config.mode))
+
+
+def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
+    """The weight-only options, refused unless the mode is weight-only; its own defaults (int4,
+    asymmetric) where --weights / --symmetric-weights were not given."""
+    p = ctx.params
+    if mode is not Mode.WEIGHT_ONLY:
+        stray = [f"--{name.replace('_', '-')}" for name in _WEIGHT_ONLY if _given(ctx, name)]
+        if stray:
+            raise UsageError(f"{', '.join(stray)}: weight-only options, given without --mode weight-only",
+                             hint="add --mode weight-only")
+        return WeightOnlyConfig()
+    weights = WeightType(p["weights"])
+    if _given(ctx, "weights") and weights not in (WeightType.INT4, WeightType.INT8):
+        raise UsageError(f"weight-only mode writes int4 or int8 weights, not {weights}",
+                         hint="use --weights int4 or --weights int8")
+    return WeightOnlyConfig(
+        bits=8 if _given(ctx, "weights") and weights is WeightType.INT8 else 4, block_size=p["block_size"],
+        symmetric=p["symmetric_weights"] if _given(ctx, "symmetric_weights") else False,
+        accuracy_level=p["accuracy_level"], form=WeightForm(p["weight_form"]), embeddings=p["embeddings"],
+        eight_bit=tuple(p["eight_bit"] or ()))
+
+
+_WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "embeddings", "eight_bit")
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -21,6 +21,7 @@ from rich.markup import escape as _escape_markup
 from rich.table import Table
 
 from qconvert import progress
+from qconvert.config import Mode
 from qconvert.errors import GateFailedError, QconvertError
 from qconvert.results import (
     SCHEMA_VERSION,
@@ -28,6 +29,7 @@ from qconvert.results import (
     BenchmarkResult,
     Gate,
     InspectResult,
+    LanguageComparison,
     QuantizeResult,
     ValidateResult,
     human_bytes,
@@ -187,6 +189,18 @@ def inspect_result(r: InspectResult) -> None:
               highlight=False)
     fmt = r.quantized_format
     out.print(f"already quantized: {'[yellow]yes (' + fmt + ')[/]' if fmt else 'no'}", highlight=False)
+    if r.decoder is not None:
+        d = r.decoder
+        cache = (f"KV cache of {d['num_layers']} layers, {d['kv_heads']} KV heads of {d['head_size']}"
+                 + (f", {d['query_heads']} query heads (grouped)" if d.get("grouped") else "")
+                 if d["kv_cache"] else "no KV cache")
+        out.print(f"decoder: vocabulary {d['vocab'] or '?'} · {cache}", highlight=False)
+    if r.bytes_by_role:
+        total = sum(r.bytes_by_role.values()) or 1
+        out.print("weights: " + " · ".join(f"{role} {human_bytes(n)} ({100 * n / total:.0f} %)"
+                                           for role, n in r.bytes_by_role.items() if n), highlight=False)
+    for reason, n in r.slow_nodes.items():
+        out.print(f"[yellow]slow path:[/] {n} MatMulNBits node(s): {escape(reason)}", highlight=False)
 
 
 def quantize_result(r: QuantizeResult) -> None:
@@ -211,17 +225,41 @@ def quantize_result(r: QuantizeResult) -> None:
             more = " …" if len(names) > len(shown) else ""
             reasons.add_row(escape(reason), str(n), escape(", ".join(shown) + more))
         out.print(reasons)
+    if r.weights:
+        _weight_table(r)
     out.print(f"size: {human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} "
               f"([bold]{r.size_ratio:.2f}×[/] smaller)", highlight=False)
+    if r.copied:
+        out.print("model folder: " + escape(", ".join(r.copied)) + " written beside the output", highlight=False)
     out.print(f"time: prepare {r.prepare_seconds:.2f} s · calibration {r.calibration_seconds:.2f} s "
               f"({r.calibration_samples} samples) · quantization {r.quantization_seconds:.2f} s", highlight=False)
     if r.check is not None:
         out.print(f"check: worst cosine to FP32 {_fmt(r.check.worst_cosine)} ({escape(r.check.output)}) on "
                   f"{r.check.samples} calibration samples", highlight=False)
     cfg = r.config
+    if r.mode is Mode.WEIGHT_ONLY:  # the static/dynamic options do not apply
+        cfg = {"mode": r.mode.value, **(cfg.get("weight_only") or {}),  # type: ignore[dict-item]
+               "exclude_nodes": cfg.get("exclude_nodes")}
     out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
               highlight=False)
     warnings(r.warnings)
+
+
+def _weight_table(r: QuantizeResult) -> None:
+    """Weights per role and width: where the bytes went (a float embedding or lm_head shows here)."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for w in r.weights:
+        width = "float" if w.bits is None else f"{w.bits}-bit" + (" (tied)" if w.tied_to and not w.stored_bytes else "")
+        row = rows.setdefault((w.role, width), [0, 0, 0])
+        row[0] += 1
+        row[1] += w.params
+        row[2] += w.stored_bytes
+    table = Table(title="weights by role", title_justify="left")
+    for column in ("role", "width", "nodes", "parameters", "stored"):
+        table.add_column(column, justify="left" if column in ("role", "width") else "right")
+    for (role, width), (nodes, params, stored) in sorted(rows.items()):
+        table.add_row(role, width, str(nodes), f"{params:,}", human_bytes(stored))
+    out.print(table)
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -247,6 +285,9 @@ def validate_result(r: ValidateResult, *, as_json: bool) -> None:
 
 
 def _validate_text(r: ValidateResult) -> None:
+    if r.language is not None:
+        _validate_language(r, r.language)
+        return
     out.print(f"[bold]{escape(r.quantized_path)}[/] vs FP32 [bold]{escape(r.fp32_path)}[/] on {r.samples} samples"
               f" ({escape(str(r.data.get('source')))}) · provider {escape(r.ep.provider)}",
               highlight=False)
@@ -267,6 +308,26 @@ def _validate_text(r: ValidateResult) -> None:
     if r.placement is not None:
         out.print(f"on {escape(r.placement.provider)}: {_placement_cell(r.placement)} of the quantized model's nodes, "
                   f"{r.placement.quantized_on_provider}/{r.placement.quantized_nodes} quantized ones", highlight=False)
+    gates(r.gates)
+
+
+def _validate_language(r: ValidateResult, lm: LanguageComparison) -> None:
+    source = r.data.get("text") or r.data.get("tokens")
+    out.print(f"[bold]{escape(r.quantized_path)}[/] vs FP32 [bold]{escape(r.fp32_path)}[/] on {lm.tokens:,} tokens "
+              f"of {escape(str(source))} ({lm.windows} windows of {lm.config.context}, stride {lm.config.step}) · "
+              f"provider {escape(r.ep.provider)}", highlight=False)
+    table = Table(title="language model vs FP32", title_justify="left")
+    for column in ("FP32 PPL", "PPL", "ratio", "KL nats", "top-1 =", "generation ="):
+        table.add_column(column, justify="right")
+    generation = "—" if lm.generation_agreement is None else (
+        f"{lm.generation_agreement * 100:.1f}% ({lm.identical_generations}/{lm.prompts} identical)")
+    table.add_row(_fmt(lm.reference_perplexity, ".3f"), _fmt(lm.candidate_perplexity, ".3f"),
+                  f"[bold]{_fmt(lm.perplexity_ratio, '.4f')}×[/]", _fmt(lm.kl_divergence, ".4g"),
+                  f"{lm.top1_agreement * 100:.1f}%", generation)
+    out.print(table)
+    if r.placement is not None:
+        out.print(f"on {escape(r.placement.provider)}: {_placement_cell(r.placement)} of the quantized model's nodes",
+                  highlight=False)
     gates(r.gates)
 
 
@@ -305,6 +366,9 @@ def analyze_result(r: AnalyzeResult, *, as_json: bool, top: int) -> None:
 def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
     if as_json:
         print_json(r.to_dict())
+    elif r.decoding:
+        _decoding_table(r)
+        gates(r.gates)
     else:
         cfg = r.config
         fed = f"; inputs: {escape(r.inputs)}" if r.inputs else ""
@@ -324,6 +388,22 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
         out.print(table)
         gates(r.gates)
     fallback_warnings([(m.path, m.placement) for m in r.models])
+
+
+def _decoding_table(r: BenchmarkResult) -> None:
+    first = r.decoding[0]
+    table = Table(title=f"generation on {escape(r.provider)} ({first.prompt_tokens}-token prompt, then "
+                        f"{first.new_tokens} tokens one by one; medians of {first.rounds} interleaved rounds)",
+                  title_justify="left")
+    for column in ("model", "prefill ms", "prefill ×", "decode tokens/s", "decode ×", "memory"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for d in r.decoding:
+        memory = "—" if d.rss_growth_bytes is None else human_bytes(d.rss_growth_bytes)
+        table.add_row(escape(Path(d.path).name), f"{d.prefill_ms:.2f}", f"{d.prefill_speedup:.2f}×",
+                      f"{d.decode_tokens_per_s:.1f}", f"[bold]{d.decode_speedup:.2f}×[/]", memory)
+    out.print(table)
+    out.print("memory: resident-set growth while the model loads and runs its first round", style="dim",
+              highlight=False)
 
 
 def replaying(argv: list[str]) -> None:

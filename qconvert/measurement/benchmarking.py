@@ -18,6 +18,7 @@ from qconvert import progress
 from qconvert.calibration import data_for
 from qconvert.config import DEFAULT_RUNS, BenchmarkConfig, DataConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
+from qconvert.measurement.decoding import decode_speed
 from qconvert.model.loading import check_model_file
 from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import BenchmarkResult, Gate, Latency, Placement, provider_gates
@@ -97,6 +98,8 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
     if not models:
         raise UsageError("no model to benchmark")
     paths = [Path(m) for m in models]
+    if config.decode is not None:
+        return benchmark_decoding(paths, config)
     inputs = None
     if isinstance(feeds, DataConfig):
         data = data_for(feeds, paths[0])
@@ -118,6 +121,25 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
                  for i, (p, t, where) in enumerate(zip(paths, times, placements, strict=True))]
     return BenchmarkResult(models=latencies, config=config, provider=provider.name,
                            gates=_gates(config, latencies), inputs=inputs)
+
+
+def benchmark_decoding(paths: list[Path], config: BenchmarkConfig) -> BenchmarkResult:
+    """`benchmark` of language models: prefill latency and decode tokens/s, interleaved, the
+    --min-speedup gate on decode speed."""
+    assert config.decode is not None
+    for path in paths:
+        check_model_file(path)
+    decode = config.decode
+    timings = decode_speed(paths, prompt_tokens=decode.prompt_tokens, new_tokens=decode.new_tokens,
+                           rounds=decode.rounds, ep=config.ep)
+    found = []
+    if config.min_speedup is not None and len(timings) > 1:
+        slowest = min(timings[1:], key=lambda t: t.decode_speedup)
+        found.append(Gate("min_decode_speedup", config.min_speedup, slowest.decode_speedup,
+                          slowest.decode_speedup >= config.min_speedup, slowest.path))
+    return BenchmarkResult(models=[], config=config, provider=resolve(config.ep.provider).name, gates=found,
+                           inputs=f"{decode.prompt_tokens}-token prompt, {decode.new_tokens} new tokens",
+                           decoding=timings)
 
 
 def _gates(config: BenchmarkConfig, latencies: list[Latency]) -> list[Gate]:

@@ -17,8 +17,9 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.calibration import data_for
-from qconvert.config import EPConfig, Gates, ValidateConfig
+from qconvert.config import EPConfig, Gates, TextData, ValidateConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
+from qconvert.measurement.language import validate_language
 from qconvert.measurement.metrics import cosine, nan_lowest, sqnr_db
 from qconvert.model.loading import check_model_file
 from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
@@ -131,13 +132,19 @@ def _accuracy(correct: int, total: int) -> float | None:
     return correct / total if total else None
 
 
-def validate(fp32_model: str | Path, quantized_model: str | Path, data: CalibrationData | DataConfig, *,
-             config: ValidateConfig | None = None) -> ValidateResult:
+def validate(fp32_model: str | Path, quantized_model: str | Path,
+             data: CalibrationData | DataConfig | TextData, *, config: ValidateConfig | None = None) -> ValidateResult:
     """Run both models on every sample of `data` (samples, or the configuration that names them) and
     measure how far the quantized outputs are from FP32; with labels (`data.label_key`) also top-1
-    accuracy of both. Gates are evaluated into the result (`result.passed`); raising on failure is
+    accuracy of both. On `TextData`, compare two language-model decoders on the text instead
+    (`result.language`). Gates are evaluated into the result (`result.passed`); raising on failure is
     the caller's choice."""
     config = config or ValidateConfig()
+    if isinstance(data, TextData):
+        return validate_language(fp32_model, quantized_model, data, config=config)
+    if config.gates.on_text:
+        raise UsageError("--max-ppl-ratio and --min-top1 judge a language model on text",
+                         hint="give --text FILE (or --tokens FILE.npy) instead of --data")
     fp32_path, quant_path = Path(fp32_model), Path(quantized_model)
     data = data_for(data, fp32_path)
     if config.gates.max_drop is not None and data.label_key is None:

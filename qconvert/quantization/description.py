@@ -6,10 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 from qconvert.config import Mode
+from qconvert.model.decoder import decoder_signature
 from qconvert.model.graph import all_initializers, iter_nodes, tensor_nbytes, tensor_numel
 from qconvert.model.loading import LoadedModel, input_specs, load_model, output_specs
 from qconvert.quantization.adapter import candidate_op_types
 from qconvert.quantization.planning import quantization_kinds
+from qconvert.quantization.weight_only import bytes_by_role, slow_nodes, weight_nodes
 from qconvert.results import InspectResult
 
 
@@ -28,8 +30,10 @@ def describe(model: str | Path | LoadedModel) -> InspectResult:
         entry["bytes"] += tensor_nbytes(tensor)
     candidates = {
         mode.value: {op: n for op, n in sorted(histogram.items()) if op in candidate_op_types(mode)}
-        for mode in Mode
+        for mode in (Mode.STATIC, Mode.DYNAMIC)
     }
+    candidates[Mode.WEIGHT_ONLY.value] = dict(sorted(Counter(n.op_type for n in weight_nodes(proto)).items()))
+    decoder = decoder_signature(proto)
     return InspectResult(
         path=str(loaded.path), ir_version=proto.ir_version,
         opsets={(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
@@ -38,5 +42,7 @@ def describe(model: str | Path | LoadedModel) -> InspectResult:
         op_types=dict(histogram.most_common()), subgraph_nodes=sum(1 for n in nodes if n.in_subgraph),
         parameters=params, external_data=loaded.uses_external_data, file_bytes=loaded.file_bytes,
         quantization=quantization_kinds(proto), candidates=candidates,
+        decoder=decoder.to_dict() if decoder else None, bytes_by_role=bytes_by_role(proto) if decoder else None,
+        slow_nodes=slow_nodes(proto),
     )
 

@@ -29,6 +29,7 @@ from qconvert.quantization.planning import Plan, plan, quantization_kinds, quant
 from qconvert.quantization.preparation import prepare
 from qconvert.quantization.ranges import Calibration, calibrate
 from qconvert.quantization.smoothing import smooth
+from qconvert.quantization.weight_only import quantize_weights
 from qconvert.results import OpTypeCount, QuantizeResult, SkippedNode
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class QuantizeJob:
             found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
             raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
                              hint="quantize the FP32 original instead")
+        if config.mode is Mode.WEIGHT_ONLY:
+            raise UsageError("weight-only quantization has no static/dynamic job steps",
+                             hint="call qconvert.quantize with mode=weight-only")
         self.loaded, self.out, self.config, self.work = loaded, out, config, work
         self.mode, self.mode_reason = resolve_mode(config, data)
         _check_types(config, self.mode)
@@ -325,6 +329,12 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     """
     config = config or QuantizeConfig()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if config.mode is Mode.WEIGHT_ONLY:
+        result = quantize_weights(loaded, output, config=config, force=force)
+        if data is not None:
+            result.warnings.append("weight-only quantization rounds weights to the nearest level: calibration "
+                                   "data not used")
+        return result
     out = Path(output)
     check_output_path(out, inputs=(loaded.path,), force=force)
     with staging_dir(out) as work:

@@ -26,14 +26,17 @@ STATIC_SUBGRAPH_REASON = "in a subgraph: onnxruntime's QDQ quantizer does not en
 
 
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+WEIGHT_ONLY_OPS = frozenset({"MatMulNBits", "GatherBlockQuantized", "MatMulBnb4"})
 
 
 def quantization_kinds(model: onnx.ModelProto) -> dict[str, int]:
     """Nodes that show a model is already quantized, by format."""
-    kinds = {"qdq": 0, "qoperator": 0, "integer": 0}
+    kinds = {"qdq": 0, "qoperator": 0, "integer": 0, "weight_only": 0}
     for gn in iter_nodes(model.graph):
         op = gn.node.op_type
-        if op in QDQ_OPS:
+        if op in WEIGHT_ONLY_OPS:
+            kinds["weight_only"] += 1
+        elif op in QDQ_OPS:
             kinds["qdq"] += 1
         elif op in INTEGER_OPS:
             kinds["integer"] += 1

@@ -1,0 +1,208 @@
+"""Weight-only quantization: MatMul → MatMulNBits, embeddings → GatherBlockQuantized, tied weights stored once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from qconvert import quantize
+from qconvert.cli.app import app
+from qconvert.config import Mode, QuantizeConfig, WeightForm, WeightOnlyConfig
+from qconvert.errors import ModelError, NothingQuantizedError, UsageError
+from qconvert.quantization.weight_only import slow_path
+from tests import models
+
+VOCAB, HIDDEN, FFN = 64, 64, 128
+
+
+def lm(seed: int = 0, *, tied: bool = True, transposed: bool = True) -> onnx.ModelProto:
+    """Gather(embedding) → MatMul up → Relu → MatMul down → lm_head MatMul → logits, the lm_head tied
+    to the embedding either through Transpose(table) (`transposed`) or as a stored copy of its transpose."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32)
+    head = table.T.copy() if tied else rng.standard_normal((HIDDEN, VOCAB)).astype(np.float32)
+    inits = [numpy_helper.from_array(table, "embed.weight"),
+             numpy_helper.from_array(rng.standard_normal((HIDDEN, FFN)).astype(np.float32) * 0.1, "up.weight"),
+             numpy_helper.from_array(rng.standard_normal((FFN, HIDDEN)).astype(np.float32) * 0.1, "down.weight")]
+    nodes = [helper.make_node("Gather", ["embed.weight", "input_ids"], ["x"], name="embed"),
+             helper.make_node("MatMul", ["x", "up.weight"], ["h"], name="up"),
+             helper.make_node("Relu", ["h"], ["hr"], name="act"),
+             helper.make_node("MatMul", ["hr", "down.weight"], ["y"], name="down")]
+    if tied and transposed:
+        nodes.append(helper.make_node("Transpose", ["embed.weight"], ["head.weight"], name="tie", perm=[1, 0]))
+    else:
+        inits.append(numpy_helper.from_array(head, "head.weight"))
+    nodes.append(helper.make_node("MatMul", ["y", "head.weight"], ["logits"], name="lm_head"))
+    return models._model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
+                         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", VOCAB])], inits)
+
+
+def weight_only(**options: object) -> QuantizeConfig:
+    return QuantizeConfig(mode=Mode.WEIGHT_ONLY, weight_only=WeightOnlyConfig(**options))  # type: ignore[arg-type]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture
+def ids() -> dict[str, np.ndarray]:
+    return {"input_ids": np.random.default_rng(1).integers(0, VOCAB, (2, 9))}
+
+
+def ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_int4_tied_embedding_reads_the_lm_head_blocks(tmp_path: Path, ids: dict[str, np.ndarray],
+                                                      transposed: bool) -> None:
+    src = models.save(lm(transposed=transposed), tmp_path / "lm.onnx")
+    result = quantize(src, tmp_path / "q.onnx", config=weight_only())
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    by_type = {n.op_type: n for n in model.graph.node}
+    assert sorted(ops(tmp_path / "q.onnx")) == ["GatherBlockQuantized", "MatMulNBits", "MatMulNBits",
+                                                 "MatMulNBits", "Relu", "Reshape"]
+    head = next(n for n in model.graph.node if n.name == "lm_head_Q4")
+    assert by_type["Reshape"].input[0] == head.input[1]  # the Gather's blocks are the lm_head's
+    assert by_type["GatherBlockQuantized"].input[2] == head.input[2]
+    assert "embed.weight" not in {t.name for t in model.graph.initializer}  # no float copy left
+    embed = next(w for w in result.weights if w.node == "embed")
+    assert (embed.bits, embed.stored_bytes, embed.tied_to) == (4, 0, "lm_head")
+    assert {w.node: w.role for w in result.weights}["lm_head"] == "lm_head"
+    ref, = models.run(src, ids)
+    got, = models.run(tmp_path / "q.onnx", ids)
+    assert cosine(ref, got) > 0.97
+    assert result.size_ratio > 4.5
+
+
+def test_eight_bits_are_closer_and_larger(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    four = quantize(src, tmp_path / "q4.onnx", config=weight_only())
+    eight = quantize(src, tmp_path / "q8.onnx", config=weight_only(bits=8))
+    ref, = models.run(src, ids)
+    err4 = np.abs(models.run(tmp_path / "q4.onnx", ids)[0] - ref).mean()
+    err8 = np.abs(models.run(tmp_path / "q8.onnx", ids)[0] - ref).mean()
+    assert err8 < err4 / 8
+    assert four.bytes_after < eight.bytes_after < four.bytes_before / 3
+    assert {w.bits for w in eight.weights} == {8}
+
+
+def test_eight_bit_glob_takes_the_tied_embedding_along(tmp_path: Path) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    result = quantize(src, tmp_path / "q.onnx", config=weight_only(eight_bit=("lm_*",)))
+    bits = {w.node: w.bits for w in result.weights}
+    assert bits == {"embed": 8, "up": 4, "down": 4, "lm_head": 8}
+    assert next(w for w in result.weights if w.node == "embed").stored_bytes == 0
+    with pytest.raises(UsageError, match="names no weight node"):
+        quantize(src, tmp_path / "q2.onnx", config=weight_only(eight_bit=("nothing*",)))
+    assert not (tmp_path / "q2.onnx").exists()
+
+
+def test_untied_embedding_gets_its_own_exact_blocks(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
+    """Its own blocks, read by GatherBlockQuantized, equal onnxruntime's MatMulNBits dequantization of the table."""
+    src = models.save(lm(tied=False), tmp_path / "lm.onnx")
+    result = quantize(src, tmp_path / "q.onnx", config=weight_only(bits=8, symmetric=True))
+    embed = next(w for w in result.weights if w.node == "embed")
+    assert embed.tied_to is None and embed.stored_bytes > VOCAB * HIDDEN  # 8 bits per weight plus scales
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    gather = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    model.graph.output.append(helper.make_tensor_value_info(gather.output[0], TensorProto.FLOAT, None))
+    models.save(model, tmp_path / "exposed.onnx")
+    table = numpy_helper.to_array(next(t for t in lm(tied=False).graph.initializer if t.name == "embed.weight"))
+    _, rows = models.run(tmp_path / "exposed.onnx", ids)
+    assert np.abs(rows - table[ids["input_ids"]]).max() < np.abs(table).max() / 100
+
+
+def test_qdq_form_is_standard_onnx(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    result = quantize(src, tmp_path / "q.onnx", config=weight_only(form=WeightForm.QDQ))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == 21
+    assert "MatMulNBits" not in ops(tmp_path / "q.onnx") and ops(tmp_path / "q.onnx").count("DequantizeLinear") == 3
+    assert [s.reason for s in result.skipped] == ["the QDQ form has no blocked Gather: the embedding stays float"]
+    assert any("raised from 17 to 21" in w for w in result.warnings)
+    ref, = models.run(src, ids)
+    assert cosine(ref, models.run(tmp_path / "q.onnx", ids)[0]) > 0.97
+    with pytest.raises(UsageError, match="QDQ form writes blocked int4"):
+        WeightOnlyConfig(bits=8, form=WeightForm.QDQ)
+
+
+def test_models_without_weights_to_quantize_are_refused(tmp_path: Path) -> None:
+    src = models.save(models.conv_mlp(), tmp_path / "cnn.onnx")  # its only MatMul is [8, 4]: quantizable
+    no_matmul = models.save(models.no_quantizable_ops(), tmp_path / "none.onnx")
+    with pytest.raises(NothingQuantizedError, match="weight-only mode needs MatMul or embedding-Gather"):
+        quantize(no_matmul, tmp_path / "q.onnx", config=weight_only())
+    assert not (tmp_path / "q.onnx").exists()
+    quantize(src, tmp_path / "cnn.q.onnx", config=weight_only())
+    with pytest.raises(ModelError, match=r"already quantized \(\d+ weight_only nodes\)"):
+        quantize(tmp_path / "cnn.q.onnx", tmp_path / "again.onnx", config=weight_only())
+
+
+def test_exclusions_keep_float_with_a_reason(tmp_path: Path) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    config = QuantizeConfig(mode=Mode.WEIGHT_ONLY, exclude_nodes=("lm_*",),
+                            weight_only=WeightOnlyConfig(embeddings=False))
+    result = quantize(src, tmp_path / "q.onnx", config=config)
+    assert {s.name: s.reason for s in result.skipped} == {
+        "embed": "embeddings kept float (--no-embeddings)", "lm_head": "excluded by --exclude-nodes"}
+    assert any("the lm_head (lm_head) stays float" in w for w in result.warnings)
+    assert sorted(ops(tmp_path / "q.onnx")).count("MatMulNBits") == 2
+
+
+def test_external_data_in_external_data_out(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
+    src = models.externalize(lm(tied=False), tmp_path / "src")
+    out = tmp_path / "q.onnx"
+    quantize(src, out, config=weight_only())
+    sidecars = [p.name for p in tmp_path.iterdir() if p.name.startswith("q.onnx.") and p.name.endswith(".data")]
+    assert len(sidecars) == 1
+    ref, = models.run(src, ids)
+    assert cosine(ref, models.run(out, ids)[0]) > 0.97
+
+
+def test_genai_folder_files_follow_the_model(tmp_path: Path) -> None:
+    folder = tmp_path / "fp32"
+    folder.mkdir()
+    src = models.save(lm(), folder / "model.onnx")
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "model.onnx"}}}))
+    (folder / "tokenizer.json").write_text("{}")
+    out_dir = tmp_path / "int4"
+    out_dir.mkdir()
+    result = quantize(src, out_dir / "model.int4.onnx", config=weight_only())
+    assert result.copied == ["genai_config.json", "tokenizer.json"]
+    config = json.loads((out_dir / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["filename"] == "model.int4.onnx"
+    same = quantize(src, folder / "model.int4.onnx", config=weight_only())
+    assert same.copied == []
+    assert json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.onnx"
+
+
+def test_slow_path_rules() -> None:
+    assert slow_path(4, 32, 4) is None and slow_path(4, 128, 0) is None and slow_path(8, 32, 4) is None
+    assert "accuracy level 4" in (slow_path(8, 32, 0) or "")
+    assert "16-256" in (slow_path(4, 512, 4) or "")
+
+
+def test_cli(tmp_path: Path) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    runner = CliRunner()
+    done = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--mode", "weight-only",
+                               "--weights", "int8", "--accuracy-level", "0", "--json"])
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.stdout)
+    assert doc["mode"] == "weight-only" and {w["bits"] for w in doc["weights"]} == {8}
+    assert any("slow CPU path" in w for w in doc["warnings"])
+    stray = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "s.onnx"), "--block-size", "64"])
+    assert stray.exit_code == 2 and "--block-size: weight-only options, given without" in stray.output
+    wrong = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "w.onnx"), "--mode", "weight-only",
+                                "--weights", "uint4"])
+    assert wrong.exit_code == 2 and "int4 or int8 weights, not uint4" in wrong.output
+    odd = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "o.onnx"), "--mode", "weight-only",
+                              "--block-size", "48"])
+    assert odd.exit_code == 2 and "power of two from 16 to 256" in odd.output
