@@ -5,14 +5,22 @@ scikit-learn, no network), exports both to ONNX, and writes calibration and eval
 Heavy enough in compute (tens of MFLOPs per inference) that int8 shows its real speedup, small
 enough in weights to ship in the repository.
 
-    pip install torch==2.13.0 scikit-learn onnx onnxruntime
-    python sample_models/build.py
+Also trains `tiny_llm/`, a llama-like decoder (byte-level BPE, RoPE, grouped-query attention,
+SwiGLU, tied embeddings) on the Python documentation that ships with Python (`pydoc_data`), and
+exports it in onnxruntime-genai's decoder layout with a KV cache.
+
+    pip install torch==2.13.0 scikit-learn tokenizers onnx onnxruntime
+    python sample_models/build.py                   # everything
+    python sample_models/build.py --only tiny_llm   # one part: digits | tiny_llm
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import platform
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +28,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from sklearn.datasets import load_digits
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from torch import nn
 from torch.nn import functional as F
 
@@ -183,7 +192,7 @@ def accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
-def main() -> None:
+def build_digits() -> None:
     seed_everything()
     x_train, y_train, x_eval, y_eval, x_calib, norm = load_data()
     np.savez_compressed(HERE / "digits.calib.npz", image=x_calib)
@@ -202,6 +211,421 @@ def main() -> None:
                         "mflops": round(2 * macs(path) / 1e6, 1), "bytes": path.stat().st_size}
         print(name, report[name])  # noqa: T201
     (HERE / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# tiny_llm: a llama-like decoder on the Python documentation, in onnxruntime-genai's layout.
+
+LLM_DIR = HERE / "tiny_llm"
+EOT = "<|endoftext|>"  # bos = eos = pad, id 0
+VOCAB = 512
+HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_SIZE, INTERMEDIATE = 128, 3, 4, 2, 32, 256
+CONTEXT = 512
+ROPE_THETA = 10000.0
+RMS_EPS = 1e-5
+CHUNK_CHARS = 1600  # the corpus is cut into paragraph-aligned chunks of about this size ...
+SPLIT_PERIOD = 32   # ... and chunk i goes to eval if i % 32 == 11, to calib if i % 32 == 27
+TRAIN_WINDOW, BATCH, STEPS, LLM_LR = 256, 16, 300, 4e-3
+EVAL_WINDOW = 256
+
+
+def load_corpus() -> tuple[list[str], str, str]:
+    """`pydoc_data.topics` (sorted by key) cut into paragraph-aligned chunks: train topics, calib, eval."""
+    from pydoc_data import topics
+
+    train: list[str] = []
+    calib: list[str] = []
+    evals: list[str] = []
+    index = 0
+    for key in sorted(topics.topics):
+        kept: list[str] = []  # this topic's training chunks, rejoined into one document
+        current: list[str] = []
+        paragraphs = topics.topics[key].strip().split("\n\n")
+        for n, paragraph in enumerate(paragraphs):
+            current.append(paragraph)
+            if sum(len(p) + 2 for p in current) >= CHUNK_CHARS or n == len(paragraphs) - 1:
+                chunk = "\n\n".join(current)
+                current = []
+                slot = index % SPLIT_PERIOD
+                (evals if slot == 11 else calib if slot == 27 else kept).append(chunk)
+                index += 1
+        if kept:
+            train.append("\n\n".join(kept))
+    return train, "\n\n".join(calib) + "\n", "\n\n".join(evals) + "\n"
+
+
+def train_tokenizer(texts: list[str]) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style, no prefix space), vocabulary 512 including <|endoftext|> = 0."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    assert tokenizer.get_vocab_size() == VOCAB and tokenizer.token_to_id(EOT) == 0
+    return tokenizer
+
+
+def write_tokenizer_files(tokenizer: Tokenizer) -> None:
+    tokenizer.save(str(LLM_DIR / "tokenizer.json"))
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": CONTEXT, "add_bos_token": False,
+              "add_prefix_space": False, "clean_up_tokenization_spaces": False, **special,
+              "added_tokens_decoder": {"0": {"content": EOT, "lstrip": False, "normalized": False,
+                                             "rstrip": False, "single_word": False, "special": True}}}
+    (LLM_DIR / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (LLM_DIR / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+class Linear(nn.Module):
+    """Bias-free linear layer stored as W[in, out], so that it exports as MatMul(x, W)."""
+
+    def __init__(self, fan_in: int, fan_out: int, std: float = 0.02) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fan_in, fan_out) * std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + RMS_EPS) * self.weight
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class GQAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        out_std = 0.02 / (2 * LAYERS) ** 0.5
+        self.q_proj = Linear(HIDDEN, HEADS * HEAD_SIZE)
+        self.k_proj = Linear(HIDDEN, KV_HEADS * HEAD_SIZE)
+        self.v_proj = Linear(HIDDEN, KV_HEADS * HEAD_SIZE)
+        self.o_proj = Linear(HEADS * HEAD_SIZE, HIDDEN, out_std)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor,
+                past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, s, _ = x.shape
+        groups = HEADS // KV_HEADS
+        q = self.q_proj(x).reshape(b, s, HEADS, HEAD_SIZE).transpose(1, 2)
+        k = self.k_proj(x).reshape(b, s, KV_HEADS, HEAD_SIZE).transpose(1, 2)
+        v = self.v_proj(x).reshape(b, s, KV_HEADS, HEAD_SIZE).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        key = torch.cat((past_key, k), dim=2)  # [b, kv_heads, total, head_size]
+        value = torch.cat((past_value, v), dim=2)
+        # query head h reads kv head h // groups: [b, kv, groups, s, hs] against [b, kv, 1, total, hs]
+        q = q.reshape(b, KV_HEADS, groups, s, HEAD_SIZE) * HEAD_SIZE**-0.5
+        scores = q @ key.unsqueeze(2).transpose(-2, -1) + bias
+        out = torch.softmax(scores, dim=-1) @ value.unsqueeze(2)
+        out = out.reshape(b, HEADS, s, HEAD_SIZE).transpose(1, 2).reshape(b, s, HEADS * HEAD_SIZE)
+        return self.o_proj(out), key, value
+
+
+class SwiGLU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj = Linear(HIDDEN, INTERMEDIATE)
+        self.up_proj = Linear(HIDDEN, INTERMEDIATE)
+        self.down_proj = Linear(INTERMEDIATE, HIDDEN, 0.02 / (2 * LAYERS) ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(HIDDEN)
+        self.attn = GQAttention()
+        self.post_attention_layernorm = RMSNorm(HIDDEN)
+        self.mlp = SwiGLU()
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor,
+                past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        attn, key, value = self.attn(self.input_layernorm(x), cos, sin, bias, past_key, past_value)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), key, value
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        inv_freq = ROPE_THETA ** (-torch.arange(0, HEAD_SIZE, 2, dtype=torch.float32) / HEAD_SIZE)
+        self.register_buffer("inv_freq", inv_freq)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.unsqueeze(-1).float() * self.inv_freq  # [b, s, head_size / 2]
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [b, 1, s, head_size]
+        return emb.cos(), emb.sin()
+
+
+class DecoderModel(nn.Module):
+    """Embedding, decoder layers and final norm. Positions are the running count of attended tokens
+    in attention_mask, so an empty past, a KV cache and left padding all work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(VOCAB, HIDDEN)
+        nn.init.normal_(self.embed_tokens.weight, std=0.02)
+        self.rotary_emb = RotaryEmbedding()
+        self.layers = nn.ModuleList([DecoderLayer() for _ in range(LAYERS)])
+        self.norm = RMSNorm(HIDDEN)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                past: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        s = input_ids.shape[1]
+        total = attention_mask.shape[1]
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - s :]
+        cos, sin = self.rotary_emb(positions)
+        query_pos = torch.arange(s) + (total - s)
+        causal = torch.arange(total).unsqueeze(0) <= query_pos.unsqueeze(1)
+        allowed = causal & attention_mask.bool()[:, None, None, None, :]  # [b, 1, 1, s, total]
+        bias = torch.zeros(allowed.shape).masked_fill(~allowed, -1e9)
+        x = self.embed_tokens(input_ids)
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            x, key, value = layer(x, cos, sin, bias, past[2 * i], past[2 * i + 1])
+            presents += [key, value]
+        return self.norm(x), presents
+
+
+class TinyLlama(nn.Module):
+    """onnxruntime-genai's signature: (input_ids, attention_mask, past k0, v0, k1, v1, ...) ->
+    (logits, present k0, v0, ...); called without a past (training) the cache starts empty."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = DecoderModel()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not past:
+            past = (torch.zeros(input_ids.shape[0], KV_HEADS, 0, HEAD_SIZE),) * (2 * LAYERS)
+        hidden, presents = self.model(input_ids, attention_mask, past)
+        logits = hidden @ self.model.embed_tokens.weight.t()  # lm_head, tied to the embedding
+        return (logits, *presents)
+
+
+def token_windows(ids: list[int], window: int) -> np.ndarray:
+    """Non-overlapping windows of `window` tokens (the ragged tail is dropped)."""
+    count = len(ids) // window
+    return np.asarray(ids[: count * window], dtype=np.int64).reshape(count, window)
+
+
+def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    logits = model(batch[:, :-1], torch.ones_like(batch[:, :-1]))[0]
+    return F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
+
+
+def train_llm(model: nn.Module, stream: np.ndarray, eval_windows: np.ndarray) -> dict[str, float]:
+    """AdamW with warm-up and cosine decay on random windows of the training token stream."""
+    generator = torch.Generator().manual_seed(SEED)
+    data = torch.from_numpy(stream)
+    decay = [p for p in model.parameters() if p.ndim == 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+                            lr=LLM_LR, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LLM_LR, total_steps=STEPS, pct_start=0.05,
+                                                anneal_strategy="cos", final_div_factor=20.0)
+    start = time.perf_counter()
+    model.train()
+    losses = []
+    for step in range(STEPS):
+        offsets = torch.randint(0, len(data) - TRAIN_WINDOW - 1, (BATCH,), generator=generator)
+        batch = torch.stack([data[o : o + TRAIN_WINDOW + 1] for o in offsets.tolist()])
+        loss = lm_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == STEPS - 1:
+            print(f"  step {step:4d}  train loss {np.mean(losses[-50:]):.3f}")  # noqa: T201
+    model.eval()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        train_windows = token_windows(stream.tolist(), EVAL_WINDOW)[::8]
+        train_loss = float(np.mean([lm_loss(model, torch.from_numpy(w)).item()
+                                    for w in np.array_split(train_windows, 8)]))
+        eval_loss = float(lm_loss(model, torch.from_numpy(eval_windows)))
+    print(f"  trained {STEPS} steps in {seconds:.0f} s")  # noqa: T201
+    return {"train_loss": round(train_loss, 4),
+            "train_perplexity": round(float(np.exp(train_loss)), 3), "eval_loss_torch": round(eval_loss, 4),
+            "eval_perplexity_torch": round(float(np.exp(eval_loss)), 3)}
+
+
+def past_names() -> tuple[list[str], list[str]]:
+    inputs = [f"past_key_values.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+    return inputs, [f"present.{i}.{kv}" for i in range(LAYERS) for kv in ("key", "value")]
+
+
+def export_llm(model: nn.Module, path: Path) -> None:
+    """TorchScript export, then meaningful node names and the tied lm_head as `lm_head.weight`."""
+    past_in, present_out = past_names()
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    past = [torch.zeros(2, KV_HEADS, 3, HEAD_SIZE)] * len(past_in)
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+                                       "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+                                       "logits": {0: "batch_size", 1: "sequence_length"}}
+    axes.update({n: {0: "batch_size", 2: "past_sequence_length"} for n in past_in})
+    axes.update({n: {0: "batch_size", 2: "total_sequence_length"} for n in present_out})
+    torch.onnx.export(model, (ids, torch.ones(2, 8, dtype=torch.int64), *past), str(path),
+                      input_names=["input_ids", "attention_mask", *past_in],
+                      output_names=["logits", *present_out], dynamic_axes=axes, opset_version=OPSET,
+                      dynamo=False)
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    for node in graph.node:  # "/model/layers.0/attn/q_proj/MatMul" -> "model.layers.0.attn.q_proj.MatMul"
+        node.name = node.name.lstrip("/").replace("/", ".")
+    # The tied head comes out as MatMul(x, W_embed^T) with the transpose folded into a new initializer.
+    head = next(n for n in graph.node if n.output[0] == "logits")
+    assert head.op_type == "MatMul", head.op_type
+    head.name = "lm_head.MatMul"
+    old = head.input[1]
+    init = next(t for t in graph.initializer if t.name == old)
+    init.name = "lm_head.weight"
+    for node in graph.node:
+        node.input[:] = ["lm_head.weight" if n == old else n for n in node.input]
+    onnx.save(proto, str(path))
+
+
+def run_onnx(session: ort.InferenceSession, ids: np.ndarray, past: list[np.ndarray] | None = None,
+             attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One decoder call; an absent past is an empty cache (past_sequence_length 0)."""
+    past_in, _ = past_names()
+    if past is None:
+        past = [np.zeros((ids.shape[0], KV_HEADS, 0, HEAD_SIZE), np.float32)] * len(past_in)
+    if attention_mask is None:
+        attention_mask = np.ones((ids.shape[0], past[0].shape[2] + ids.shape[1]), np.int64)
+    feeds = {"input_ids": ids, "attention_mask": attention_mask, **dict(zip(past_in, past, strict=True))}
+    outputs = session.run(None, feeds)
+    return outputs[0], outputs[1:]
+
+
+def onnx_perplexity(session: ort.InferenceSession, windows: np.ndarray) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows (each window predicts its tokens 2..n)."""
+    nll = []
+    for window in windows:
+        logits = run_onnx(session, window[None])[0][0, :-1].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll.append(-logp[np.arange(len(window) - 1), window[1:]])
+    return float(np.exp(np.concatenate(nll).mean()))
+
+
+def check_llm(model: nn.Module, path: Path, eval_windows: np.ndarray) -> dict[str, float]:
+    """ONNX agrees with torch, the KV cache agrees with one full call, and the ONNX perplexity."""
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    weights = {t.name for t in proto.graph.initializer}
+    for node in proto.graph.node:  # every weight is read directly; the linear layers are MatMul(x, W[K, N])
+        assert node.op_type != "Identity" or node.input[0] not in weights, node.name
+        assert node.op_type != "Gemm" and (node.op_type != "Transpose" or node.input[0] not in weights), node.name
+        if node.op_type == "MatMul" and node.input[1] in weights:
+            assert node.name.endswith("proj.MatMul") or node.name == "lm_head.MatMul", node.name
+    assert sum(n.op_type == "MatMul" and n.input[1] in weights for n in proto.graph.node) == 7 * LAYERS + 1
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    window = eval_windows[:2]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(window), torch.ones_like(torch.from_numpy(window)))[0].numpy()
+    got = run_onnx(session, window)[0]
+    torch_diff = float(np.abs(expected - got).max())
+    assert torch_diff < 1e-4, f"onnxruntime disagrees with torch: {torch_diff}"
+    # 64 tokens at once == 40 tokens, then 24 single-token steps feeding present -> past
+    ids = eval_windows[2:4, :64]
+    full = run_onnx(session, ids)[0]
+    logits, past = run_onnx(session, ids[:, :40])
+    steps = [logits]
+    for t in range(40, 64):
+        logits, past = run_onnx(session, ids[:, t : t + 1], past)
+        steps.append(logits)
+    assert past[0].shape == (2, KV_HEADS, 64, HEAD_SIZE)
+    cache_diff = float(np.abs(full - np.concatenate(steps, axis=1)).max())
+    assert cache_diff < 1e-4, f"KV-cache decoding disagrees with one call: {cache_diff}"
+    # left padding: a padded row gives the same logits as the same tokens alone
+    padded = np.concatenate([np.zeros((1, 8), np.int64), ids[:1, :56]], axis=1)
+    mask = np.concatenate([np.zeros((1, 8), np.int64), np.ones((1, 56), np.int64)], axis=1)
+    pad_diff = float(np.abs(run_onnx(session, padded, attention_mask=mask)[0][0, 8:] - full[0, :56]).max())
+    assert pad_diff < 1e-4, f"left padding changes the logits: {pad_diff}"
+    return {"max_abs_diff_torch": torch_diff, "max_abs_diff_kv_cache": cache_diff,
+            "max_abs_diff_left_padding": pad_diff,
+            "eval_perplexity_onnx": round(onnx_perplexity(session, eval_windows), 3)}
+
+
+def write_genai_config() -> None:
+    past_in, present_out = past_names()
+    config = {
+        "model": {
+            "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0, "context_length": CONTEXT,
+            "type": "llama", "vocab_size": VOCAB,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": "model.onnx", "head_size": HEAD_SIZE, "hidden_size": HIDDEN,
+                "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "num_hidden_layers": LAYERS,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+                   "max_length": CONTEXT, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 1, "top_p": 1.0},
+    }
+    assert past_in[0] == config["model"]["decoder"]["inputs"]["past_key_names"] % 0
+    assert present_out[1] == config["model"]["decoder"]["outputs"]["present_value_names"] % 0
+    (LLM_DIR / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def build_tiny_llm() -> None:
+    seed_everything()
+    torch.utils.deterministic.fill_uninitialized_memory = False  # ~8 % of training time, not needed here
+    LLM_DIR.mkdir(exist_ok=True)
+    train_docs, calib_text, eval_text = load_corpus()
+    (LLM_DIR / "calib.txt").write_text(calib_text, encoding="utf-8")
+    (LLM_DIR / "eval.txt").write_text(eval_text, encoding="utf-8")
+    tokenizer = train_tokenizer(train_docs)
+    write_tokenizer_files(tokenizer)
+    stream = np.asarray([t for doc in train_docs for t in [*tokenizer.encode(doc).ids, 0]], dtype=np.int64)
+    eval_windows = token_windows(tokenizer.encode(eval_text).ids, EVAL_WINDOW)
+    calib_windows = token_windows(tokenizer.encode(calib_text).ids, EVAL_WINDOW)
+    assert len(eval_windows) >= 8 and len(calib_windows) >= 8
+    torch.manual_seed(SEED)
+    model = TinyLlama()
+    report: dict[str, object] = {"corpus": f"pydoc_data.topics of Python {platform.python_version()}",
+                                 "parameters": sum(p.numel() for p in model.parameters()),
+                                 "train_tokens": len(stream), "eval_windows": len(eval_windows),
+                                 "calib_windows": len(calib_windows)}
+    report.update(train_llm(model, stream, eval_windows))
+    path = LLM_DIR / "model.onnx"
+    export_llm(model, path)
+    report.update(check_llm(model, path, eval_windows))
+    write_genai_config()
+    report["bytes"] = path.stat().st_size
+    print("tiny_llm", report)  # noqa: T201
+    (LLM_DIR / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["digits", "tiny_llm"], help="build only this part")
+    only = parser.parse_args().only
+    if only in (None, "digits"):
+        build_digits()
+    if only in (None, "tiny_llm"):
+        build_tiny_llm()
 
 
 if __name__ == "__main__":
