@@ -202,6 +202,15 @@ def _newest(domain: str) -> int:
     return max((s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == domain), default=1)
 
 
+# Operators onnxruntime itself registers in the default domain, beside ONNX's own: exporters write them
+# there (onnxruntime-genai's builder writes SimplifiedLayerNormalization; Caffe2 and old converters the
+# experimental Affine, Crop, ImageScaler, Scale …), and onnxruntime runs them.
+ONNXRUNTIME_DEFAULT_DOMAIN_OPS = frozenset({
+    "SimplifiedLayerNormalization", "Affine", "Crop", "DynamicSlice", "GRUUnit", "GivenTensorFill", "ImageScaler",
+    "ParametricSoftplus", "Scale", "ScaledTanh",
+})
+
+
 def _check_nodes(nodes: Sequence[onnx.NodeProto], opsets: dict[str, int], functions: set[tuple[str, str]],
                  file: str, where: str) -> None:
     import onnx.defs
@@ -219,7 +228,8 @@ def _check_nodes(nodes: Sequence[onnx.NodeProto], opsets: dict[str, int], functi
         if domain not in opsets:
             raise ModelError(f"{file}: {label}{_in(where)} uses domain {node.domain or 'ai.onnx'!r}, which the "
                              f"model does not import", hint=_HINT_CORRUPT)
-        if domain in ("", "ai.onnx.ml") and not onnx.defs.has(node.op_type, opsets[domain], domain):
+        if domain in ("", "ai.onnx.ml") and not onnx.defs.has(node.op_type, opsets[domain], domain) and not (
+                domain == "" and node.op_type in ONNXRUNTIME_DEFAULT_DOMAIN_OPS):
             raise ModelError(f"{file}: {label}{_in(where)} uses operator {node.op_type!r}, unknown in domain "
                              f"{node.domain or 'ai.onnx'!r} at opset {opsets[domain]}",
                              hint="re-export with a newer opset, or check the exporter's output")

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from qconvert import DataConfig, Mode, QuantizeConfig, describe, input_specs, load_model, open_data, quantize
 from qconvert.measurement.metrics import cosine
+from qconvert.model.checks import ONNXRUNTIME_DEFAULT_DOMAIN_OPS
 from tests import models
 
 EXPORTS: dict[str, Callable[[], onnx.ModelProto]] = {
@@ -92,3 +94,24 @@ def test_outputs_declare_only_the_opset_domains_they_use(mode: Mode, tmp_path: P
     out = onnx.load(str(tmp_path / "q.onnx"))
     used = {n.domain or "" for n in out.graph.node}
     assert {o.domain for o in out.opset_import} == used | {""}
+
+
+def test_ops_onnxruntime_registers_in_the_default_domain_are_accepted(tmp_path: Path) -> None:
+    """onnxruntime-genai's builder writes SimplifiedLayerNormalization in ai.onnx; onnxruntime runs it."""
+    from onnxruntime.capi import _pybind_state
+
+    registered = {s.name for s in _pybind_state.get_all_operator_schema() if s.domain in ("", "ai.onnx")}
+    assert registered >= ONNXRUNTIME_DEFAULT_DOMAIN_OPS
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    norm = helper.make_node("SimplifiedLayerNormalization", ["x", "scale"], ["y"], name="norm", axis=-1,
+                            epsilon=1e-5)
+    model = helper.make_model(helper.make_graph([norm], "g", [x], [y], [
+        numpy_helper.from_array(np.ones(8, np.float32), "scale")]), opset_imports=[helper.make_opsetid("", 17)])
+    path = models.save(model, tmp_path / "norm.onnx")
+    result = describe(path)
+    assert result.op_types == {"SimplifiedLayerNormalization": 1}
+    feeds = {"x": np.arange(16, dtype=np.float32).reshape(2, 8)}
+    out, = models.run(path, feeds)
+    ref = feeds["x"] / np.sqrt((feeds["x"] ** 2).mean(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, ref, rtol=1e-5)
