@@ -82,6 +82,14 @@ class WeightForm(StrEnum):
     QDQ = "qdq"
 
 
+class WeightMethod(StrEnum):
+    """How weight-only blocks are chosen: round to nearest, or GPTQ (calibration text: each weight row's
+    rounding error is carried onto the rows not yet rounded, weighted by the activations' covariance)."""
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
 # Block sizes onnxruntime's MatMulNBits takes, and accuracy levels: 0 unset, 1 fp32, 2 fp16, 3 bf16,
 # 4 int8 activations (the CPU's fast path).
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -98,8 +106,10 @@ class WeightOnlyConfig:
     fast CPU kernel; 0: onnxruntime's default, float)."""
 
     bits: int = 4
-    block_size: int = 32
+    block_size: int | None = None  # None: 32 for 4 bits; for 8 bits (whose scales would cost 12 % more bytes
+    # at 32) the largest of 128, 64, 32 that divides the embedding width (see weight_only.default_blocks)
     symmetric: bool = False
+    method: WeightMethod = WeightMethod.RTN
     accuracy_level: int = FAST_ACCURACY_LEVEL
     form: WeightForm = WeightForm.NBITS
     embeddings: bool = True  # quantize embedding tables read by Gather too
@@ -109,7 +119,7 @@ class WeightOnlyConfig:
         if self.bits not in (4, 8):
             raise UsageError(f"weight-only quantization writes 4- or 8-bit weights, not {self.bits}-bit",
                              hint="use --weights int4 or --weights int8")
-        if self.block_size not in BLOCK_SIZES:
+        if self.blocks not in BLOCK_SIZES:
             raise UsageError(f"--block-size must be a power of two from 16 to 256, got {self.block_size}",
                              hint="32 keeps the most accuracy, 128 is smaller and as fast")
         if self.accuracy_level not in ACCURACY_LEVELS:
@@ -119,8 +129,14 @@ class WeightOnlyConfig:
             raise UsageError("the QDQ form writes blocked int4 weights (onnxruntime's quantizer has no 8-bit QDQ "
                              "form)", hint="use --weights int4, or --weight-form nbits for 8 bits")
 
+    @property
+    def blocks(self) -> int:
+        """The block size: as given, else the width's default."""
+        return self.block_size or (128 if self.bits == 8 else 32)
+
     def to_dict(self) -> dict[str, object]:
-        return {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,
+        return {"bits": self.bits, "block_size": self.blocks, "symmetric": self.symmetric,
+                "method": self.method.value,
                 "accuracy_level": self.accuracy_level, "form": self.form.value, "embeddings": self.embeddings,
                 "eight_bit": list(self.eight_bit)}
 
@@ -418,14 +434,26 @@ class PipelineJob:
     benchmark: BenchmarkConfig | None = None
     analyze: bool = False  # rank nodes by their own error on the evaluation data
     force: bool = False
+    calibration_text: TextData | None = None  # weight-only GPTQ reads it
+    evaluation_text: TextData | None = None  # validate a language model against FP32 on it
+    language: LanguageConfig = field(default_factory=LanguageConfig)  # how evaluation_text is read
+    # Weight-only with text gates: the search for 8-bit weights may write and measure this many models.
+    text_trials: int = DEFAULT_MAX_TRIALS
 
     def __post_init__(self) -> None:
         if not self.providers:
             raise UsageError("no execution provider to run on")
-        gated = any(v is not None for v in (self.gates.min_cosine, self.gates.max_drop, self.gates.min_sqnr))
-        if (self.analyze or gated) and self.evaluation is None and self.search is None:
+        if (self.analyze or self.gates.on_outputs) and self.evaluation is None and self.search is None:
             raise UsageError("accuracy gates and --analyze need evaluation data",
                              hint="add --eval-data DATA or --validate DATA")
+        if self.gates.on_text and self.evaluation_text is None:
+            raise UsageError("--max-ppl-ratio and --min-top1 need evaluation text",
+                             hint="add --text FILE (or --tokens FILE.npy)")
+        if self.text_trials < 1:
+            raise UsageError(f"--max-trials must be at least 1, got {self.text_trials}")
+        if self.calibration is not None and self.calibration_text is not None:
+            raise UsageError("--calib and --calib-text are for different modes: give one",
+                             hint="--calib DATA for static QDQ, --calib-text FILE for weight-only GPTQ")
 
     def to_dict(self) -> dict[str, object]:
         """The resolved configuration, as the report shows it."""
@@ -436,4 +464,7 @@ class PipelineJob:
             "gates": self.gates.to_dict(), "providers": [p.to_dict() for p in self.providers],
             "search": self.search.to_dict() if self.search else None,
             "benchmark": self.benchmark.to_dict() if self.benchmark else None, "analyze": self.analyze,
+            "calibration_text": self.calibration_text.to_dict() if self.calibration_text else None,
+            "evaluation_text": self.evaluation_text.to_dict() if self.evaluation_text else None,
+            "language": self.language.to_dict(), "text_trials": self.text_trials,
         }

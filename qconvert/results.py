@@ -628,6 +628,54 @@ class BatchResult:
                 "models": [i.to_dict() for i in self.items], "versions": self.versions}
 
 
+@dataclass(frozen=True)
+class WeightSensitivity:
+    """A weight (or a tied embedding and lm_head, one matrix) ranked by the noise 4 bits add to its
+    output on the evaluation text, relative to that output (1 / SQNR), and what 8 bits cost."""
+
+    nodes: tuple[str, ...]
+    role: str
+    rank: int
+    noise: float
+    extra_bytes: int  # bytes 8 bits take beyond 4
+    eight_bit: bool  # chosen for 8 bits by the search
+
+    def to_dict(self) -> dict[str, object]:
+        return {"nodes": list(self.nodes), "role": self.role, "rank": self.rank, "noise": number(self.noise, 8),
+                "extra_bytes": self.extra_bytes, "eight_bit": self.eight_bit}
+
+
+@dataclass(frozen=True)
+class WeightTrial:
+    """One model the weight-only search wrote and measured on the evaluation text."""
+
+    index: int
+    eight_bit: int  # the most sensitive weights in 8 bits
+    file_bytes: int
+    perplexity_ratio: float
+    top1_agreement: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return {"index": self.index, "eight_bit": self.eight_bit, "file_bytes": self.file_bytes,
+                "perplexity_ratio": number(self.perplexity_ratio, 6), "top1_agreement": number(self.top1_agreement, 6),
+                "passed": self.passed}
+
+
+@dataclass
+class WeightSearchResult:
+    """The weight-only search: its trials, every weight ranked, and whether the text gates were met."""
+
+    trials: list[WeightTrial]
+    ranking: list[WeightSensitivity]
+    met: bool
+    windows: int  # evaluation windows each trial was measured on
+
+    def to_dict(self) -> dict[str, object]:
+        return {"trials": [t.to_dict() for t in self.trials], "ranking": [r.to_dict() for r in self.ranking],
+                "met": self.met, "windows": self.windows}
+
+
 @dataclass
 class PipelineResult:
     quantize: QuantizeResult
@@ -636,6 +684,7 @@ class PipelineResult:
     search: SearchResult | None = None
     analyze: AnalyzeResult | None = None
     job: PipelineJob | None = None  # the resolved configuration
+    weight_search: WeightSearchResult | None = None  # weight-only: the 8-bit weights chosen on the text
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -649,7 +698,7 @@ class PipelineResult:
     @property
     def measured(self) -> bool:
         """Whether any step ran after quantize."""
-        return bool(self.validate or self.benchmark or self.search or self.analyze)
+        return bool(self.validate or self.benchmark or self.search or self.analyze or self.weight_search)
 
     def report(self) -> dict[str, object]:
         """The report: the whole pipeline's when any step ran after quantize, else quantize's own."""
@@ -667,6 +716,7 @@ class PipelineResult:
             "validate": [v.to_dict() for v in self.validate],
             "benchmark": [b.to_dict() for b in self.benchmark],
             "analyze": self.analyze.to_dict() if self.analyze else None,
+            "weight_search": self.weight_search.to_dict() if self.weight_search else None,
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }
 

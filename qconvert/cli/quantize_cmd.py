@@ -14,6 +14,7 @@ from qconvert.cli.app import command
 from qconvert.cli.options import (
     AllowNonfiniteOpt,
     CalibSamplesOpt,
+    ContextOpt,
     EpsOpt,
     EpsOptionOpt,
     ForceOpt,
@@ -22,16 +23,24 @@ from qconvert.cli.options import (
     LabelsOpt,
     LayoutOpt,
     MaxDropOpt,
+    MaxPplRatioOpt,
+    MaxWindowsOpt,
     MeanOpt,
     MinCosineOpt,
     MinSpeedupOpt,
     MinSqnrOpt,
+    MinTop1Opt,
+    PromptsOpt,
     ReportOpt,
     RunsOpt,
     SaveRecipeOpt,
     ShapeOpt,
     StdOpt,
+    StrideOpt,
+    TextOpt,
     ThreadsOpt,
+    TokenizerOpt,
+    TokensOpt,
 )
 from qconvert.config import (
     ActivationType,
@@ -42,6 +51,7 @@ from qconvert.config import (
     Sensitive,
     Target,
     WeightForm,
+    WeightMethod,
     WeightOnlyConfig,
     WeightType,
 )
@@ -109,9 +119,9 @@ def quantize(
         "--float-outputs/--quantize-all-outputs",
         help="Static: a MatMul/Gemm whose output only float ops read writes float, with no Q/DQ pair on it "
              "(less rounding, same integer kernel); NPU presets quantize every output.")] = True,
-    block_size: Annotated[int, typer.Option(
+    block_size: Annotated[int | None, typer.Option(
         "--block-size", help="Weight-only: weights per scale along the input dimension (16-256, a power of two).",
-        rich_help_panel="Weight-only")] = 32,
+        show_default="32 for int4, 128 for int8", rich_help_panel="Weight-only")] = None,
     accuracy_level: Annotated[int, typer.Option(
         "--accuracy-level", min=0, max=4, help="Weight-only: MatMulNBits' compute type, 4 = int8 activations (the "
                                               "fast CPU kernel), 0 = onnxruntime's float default.",
@@ -123,6 +133,12 @@ def quantize(
     embeddings: Annotated[bool, typer.Option(
         "--embeddings/--no-embeddings", help="Weight-only: quantize embedding tables (Gather) too.",
         rich_help_panel="Weight-only")] = True,
+    weight_method: Annotated[WeightMethod, typer.Option(
+        "--weight-method", help="Weight-only: rtn (round to nearest) or gptq (error-compensating, reads "
+                                "--calib-text).", rich_help_panel="Weight-only")] = WeightMethod.RTN,
+    calib_text: Annotated[Path | None, typer.Option(
+        "--calib-text", help="Weight-only: calibration text for --weight-method gptq (tokenized with --tokenizer).",
+        show_default=False, rich_help_panel="Weight-only")] = None,
     eight_bit: Annotated[list[str] | None, typer.Option(
         "--eight-bit", help="Weight-only: nodes whose name matches this glob get 8 bits in a 4-bit model "
                             "(repeatable).", show_default=False, rich_help_panel="Weight-only")] = None,
@@ -147,6 +163,15 @@ def quantize(
     eval_samples: Annotated[int | None, typer.Option(
         "--eval-samples", min=1, help="Accuracy search: use at most this many evaluation samples.",
         show_default=False, rich_help_panel="Accuracy search")] = None,
+    text: TextOpt = None,
+    tokenizer: TokenizerOpt = None,
+    tokens: TokensOpt = None,
+    context: ContextOpt = 256,
+    stride: StrideOpt = None,
+    max_windows: MaxWindowsOpt = None,
+    prompts: PromptsOpt = 4,
+    max_ppl_ratio: MaxPplRatioOpt = None,
+    min_top1: MinTop1Opt = None,
     labels: LabelsOpt = None,
     min_cosine: MinCosineOpt = None,
     max_drop: MaxDropOpt = None,
@@ -173,6 +198,7 @@ def quantize(
     from qconvert import BenchmarkConfig, Gates, PipelineJob, SearchConfig, run_batch, run_job
     from qconvert.cli import render
     from qconvert.cli.app import conclude
+    from qconvert.config import LanguageConfig, TextData
     from qconvert.report.writing import plan_reports
     from qconvert.workflows.batch import batch_jobs, expand_models
 
@@ -182,7 +208,8 @@ def quantize(
     if not then_benchmark and (runs is not None or min_speedup is not None):
         raise UsageError("--runs and --min-speedup need --benchmark")
     providers = options.ep_configs(ep, ep_option, threads)
-    gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr)
+    gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr, max_ppl_ratio=max_ppl_ratio,
+                  min_top1=min_top1)
     template = PipelineJob(
         model=Path(), output=output, config=_config(ctx, providers), force=force, gates=gates,
         analyze=then_analyze, providers=providers,
@@ -191,6 +218,11 @@ def quantize(
         search=SearchConfig(evaluation=options.data_from(ctx, eval_data, samples=eval_samples, labels=labels),
                             gates=gates, max_trials=max_trials) if eval_data is not None else None,
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
+        calibration_text=TextData(text=calib_text, tokenizer=tokenizer) if calib_text is not None else None,
+        evaluation_text=TextData(text=text, tokenizer=tokenizer, tokens=tokens)
+        if text is not None or tokens is not None else None,
+        language=LanguageConfig(context=context, stride=stride, max_windows=max_windows, prompts=prompts),
+        text_trials=max_trials,
     )
     models, is_batch = expand_models(model)
     planned = batch_jobs(template, models, batch=is_batch)
@@ -235,10 +267,11 @@ def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
         bits=8 if _given(ctx, "weights") and weights is WeightType.INT8 else 4, block_size=p["block_size"],
         symmetric=p["symmetric_weights"] if _given(ctx, "symmetric_weights") else False,
         accuracy_level=p["accuracy_level"], form=WeightForm(p["weight_form"]), embeddings=p["embeddings"],
+        method=WeightMethod(p["weight_method"]),
         eight_bit=tuple(p["eight_bit"] or ()))
 
 
-_WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "embeddings", "eight_bit")
+_WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "embeddings", "eight_bit", "weight_method", "calib_text")
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

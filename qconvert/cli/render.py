@@ -41,7 +41,15 @@ if TYPE_CHECKING:
 
     from qconvert.presets import Preset
     from qconvert.providers import ProviderInfo
-    from qconvert.results import BatchItem, BatchResult, PipelineResult, Placement, SearchResult, Trial
+    from qconvert.results import (
+        BatchItem,
+        BatchResult,
+        PipelineResult,
+        Placement,
+        SearchResult,
+        Trial,
+        WeightSearchResult,
+    )
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -480,12 +488,34 @@ def pipeline_result(r: PipelineResult, payload: Mapping[str, object], *, as_json
     quantize_result(r.quantize)
     if r.search is not None:
         search_result(r.search)
+    if r.weight_search is not None:
+        weight_search_result(r.weight_search)
     for v in r.validate:
         validate_result(v, as_json=False)
     for b in r.benchmark:
         benchmark_result(b, as_json=False)
     if r.analyze is not None:
         analyze_result(r.analyze, as_json=False, top=10)
+
+
+def weight_search_result(r: WeightSearchResult, top: int = 10) -> None:
+    """The weight-only search: each trial, then the most sensitive weights with what 8 bits cost them."""
+    table = Table(title=f"weight search ({r.windows} windows per trial): "
+                        + ("[green]target met[/]" if r.met else "[yellow]target missed[/]"), title_justify="left")
+    for column in ("trial", "8-bit weights", "size", "PPL ratio", "top-1 =", ""):
+        table.add_column(column, justify="right")
+    for t in r.trials:
+        table.add_row(str(t.index), str(t.eight_bit), human_bytes(t.file_bytes), f"{t.perplexity_ratio:.4f}×",
+                      f"{t.top1_agreement * 100:.1f}%", "[green]meets[/]" if t.passed else "misses")
+    out.print(table)
+    ranked = Table(title=f"most sensitive weights (of {len(r.ranking)}): noise 4 bits add to their output on the "
+                         "text", title_justify="left")
+    for column in ("rank", "weight", "role", "noise", "8 bits cost", "8-bit"):
+        ranked.add_column(column, justify="left" if column in ("weight", "role") else "right")
+    for w in r.ranking[:top]:
+        ranked.add_row(str(w.rank), escape(", ".join(w.nodes)), w.role, f"{w.noise:.2e}", human_bytes(w.extra_bytes),
+                       "yes" if w.eight_bit else "")
+    out.print(ranked)
 
 
 _STATUS = {"passed": "[green]passed[/]", "missed": "[yellow]missed a gate[/]", "failed": "[bold red]failed[/]"}

@@ -24,7 +24,7 @@ from qconvert import progress
 from qconvert.calibration.text import check_tokenizer_fits, check_tokens, read_tokens, tokenizer_vocab
 from qconvert.config import EPConfig, LanguageConfig, TextData, ValidateConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
-from qconvert.model.decoder import DecoderSignature, require_decoder
+from qconvert.model.decoder import DecoderFeeds, DecoderSignature, require_decoder
 from qconvert.model.loading import load_model
 from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve
 from qconvert.results import Gate, LanguageComparison, ValidateResult, provider_gates
@@ -55,23 +55,9 @@ class Decoder:
         self.session = session
         self.signature = signature
         self.name = name
-        if signature.extra_inputs:
-            raise ModelError(f"{name} also needs input(s) qconvert cannot fill: "
-                             f"{', '.join(f'`{n}`' for n in signature.extra_inputs)}",
-                             hint="export the decoder with only input_ids, attention_mask, position_ids and the "
-                                  "past key/values as inputs")
         inputs = {i.name: i for i in session.get_inputs()}
-        self._dtypes = {n: np.dtype(_NUMPY_TYPES.get(i.type, np.int64)) for n, i in inputs.items()}
-        self._past_dims: dict[str, tuple[int, int]] = {}
-        for past in signature.past_inputs():
-            shape = list(inputs[past].shape or [])
-            heads = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else signature.kv_heads
-            size = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else signature.head_size
-            if heads is None or size is None:
-                raise ModelError(f"{name}: past input `{past}` has no static kv_heads and head_size dims "
-                                 f"({shape}): qconvert cannot build its empty first-call cache",
-                                 hint="export the cache with static head dims [batch, kv_heads, past_seq, head_size]")
-            self._past_dims[past] = (heads, size)
+        dtypes = {n: np.dtype(_NUMPY_TYPES.get(i.type, np.int64)) for n, i in inputs.items()}
+        self.feeds = DecoderFeeds(signature, dtypes, {n: list(i.shape or []) for n, i in inputs.items()}, name=name)
         self._outputs = [signature.logits, *signature.present_outputs()]
         self._vocab = signature.vocab
 
@@ -91,23 +77,14 @@ class Decoder:
             full = ids if past is None or past.history is None else np.concatenate([past.history, ids], axis=1)
             logits = self._run(full, 0, ())[0]
             return logits[:, -ids.shape[1]:], KVCache(full.shape[1], history=full)
-        batch = ids.shape[0]
-        tensors = past.tensors if past is not None else tuple(
-            np.zeros((batch, heads, 0, size), self.signature.kv_dtype) for heads, size in self._past_dims.values())
+        tensors = past.tensors if past is not None else self.feeds.empty_past(ids.shape[0])
         length = past.length if past is not None else 0
         logits, *presents = self._run(ids, length, tensors)
         return logits, KVCache(length + ids.shape[1], tuple(presents))
 
     def _run(self, ids: np.ndarray, past_length: int, past: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        sig = self.signature
         batch, seq = ids.shape
-        feeds = {sig.input_ids: ids.astype(self._dtypes[sig.input_ids], copy=False)}
-        if sig.attention_mask is not None:
-            feeds[sig.attention_mask] = np.ones((batch, past_length + seq), self._dtypes[sig.attention_mask])
-        if sig.position_ids is not None:
-            positions = np.arange(past_length, past_length + seq, dtype=self._dtypes[sig.position_ids])
-            feeds[sig.position_ids] = np.broadcast_to(positions, (batch, seq)).copy()
-        feeds.update(zip(sig.past_inputs(), past, strict=True))
+        feeds = self.feeds(ids, past_length, past)
         try:
             outputs = self.session.run(self._outputs, feeds)
         except Exception as exc:

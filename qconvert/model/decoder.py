@@ -12,13 +12,15 @@ one spelling: the layer index (the one number in the name) and the role (key or 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qconvert.errors import ModelError
+from qconvert.model.folders import genai_config, model_folder
 
 if TYPE_CHECKING:
     import onnx
@@ -99,21 +101,45 @@ class _NotDecoder(Exception):
     """The model lacks what every decoder has (token ids in, logits out)."""
 
 
-def decoder_signature(model: onnx.ModelProto) -> DecoderSignature | None:
+def decoder_signature(model: onnx.ModelProto, path: str | Path | None = None) -> DecoderSignature | None:
     """The model's decoder signature; None when it is not a decoder (no logits output or no integer
-    token-id input). A decoder whose KV cache does not pair up raises ModelError."""
+    token-id input). A decoder whose KV cache does not pair up raises ModelError. With the model's
+    `path`, cache dims the graph leaves symbolic come from a genai_config.json beside it."""
     try:
-        return _read(model, "the model")
+        signature = _read(model, str(path or "the model"))
     except _NotDecoder:
         return None
+    return _completed(signature, Path(path)) if path is not None else signature
 
 
 def require_decoder(model: onnx.ModelProto, path: str | Path) -> DecoderSignature:
-    """The model's decoder signature, or a one-line ModelError naming what is missing."""
+    """The model's decoder signature, or a one-line ModelError naming what is missing. Cache dims the
+    graph leaves symbolic (onnxruntime-genai's `kv_cache_dim`) come from the genai_config.json beside
+    the model, when there is one."""
     try:
-        return _read(model, str(path))
+        signature = _read(model, str(path))
     except _NotDecoder as exc:
         raise ModelError(f"{path} is not a language-model decoder: {exc}", hint=_HINT) from None
+    return _completed(signature, Path(path))
+
+
+def _completed(signature: DecoderSignature, path: Path) -> DecoderSignature:
+    """`signature` with the cache dims it lacks taken from the genai_config.json beside `path`."""
+    if not signature.has_cache or (signature.kv_heads is not None and signature.head_size is not None):
+        return signature
+    decoder = _genai_decoder(path.parent)
+    heads, size = decoder.get("num_key_value_heads"), decoder.get("head_size")
+    return replace(signature, kv_heads=signature.kv_heads or (heads if isinstance(heads, int) else None),
+                   head_size=signature.head_size or (size if isinstance(size, int) else None))
+
+
+def _genai_decoder(folder: Path) -> dict[str, object]:
+    """The `model.decoder` section of the onnxruntime-genai config in `folder`; empty when there is none."""
+    if model_folder(folder / "model.onnx") is None:
+        return {}
+    model = genai_config(folder).get("model")
+    decoder = model.get("decoder") if isinstance(model, dict) else None
+    return decoder if isinstance(decoder, dict) else {}
 
 
 def layer_and_role(name: str) -> tuple[int | None, str | None, str | None]:
@@ -310,3 +336,58 @@ def _attention_heads(model: onnx.ModelProto) -> tuple[int | None, int | None]:
         if query:
             return query, attrs.get("kv_num_heads") or None
     return None, None
+
+
+class DecoderFeeds:
+    """What a decoder call is fed, built the way its signature asks: the token ids, an attention mask
+    of ones over past and new tokens, position ids counting on from the past, and the past tensors
+    (empty, past_seq 0, on the first call). `dtypes` and `shapes` describe the model's inputs, from a
+    session or from the graph (`of_model`)."""
+
+    def __init__(self, signature: DecoderSignature, dtypes: Mapping[str, np.dtype[np.generic]],
+                 shapes: Mapping[str, Sequence[object]], *, name: str = "the model") -> None:
+        if signature.extra_inputs:
+            raise ModelError(f"{name} also needs input(s) qconvert cannot fill: "
+                             f"{', '.join(f'`{n}`' for n in signature.extra_inputs)}",
+                             hint="export the decoder with only input_ids, attention_mask, position_ids and the "
+                                  "past key/values as inputs")
+        self.signature, self.dtypes = signature, dict(dtypes)
+        self.past_dims: dict[str, tuple[int, int]] = {}
+        for past in signature.past_inputs():
+            shape = list(shapes.get(past) or [])
+            heads = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else signature.kv_heads
+            size = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else signature.head_size
+            if heads is None or size is None:
+                raise ModelError(f"{name}: past input `{past}` has no static kv_heads and head_size dims "
+                                 f"({shape}): qconvert cannot build its empty first-call cache",
+                                 hint="export the cache with static head dims [batch, kv_heads, past_seq, head_size]")
+            self.past_dims[past] = (heads, size)
+
+    @classmethod
+    def of_model(cls, model: onnx.ModelProto, signature: DecoderSignature, *, name: str = "the model"
+                 ) -> DecoderFeeds:
+        from onnx.helper import tensor_dtype_to_np_dtype
+
+        inputs = {v.name: v for v in model.graph.input}
+        dtypes = {n: np.dtype(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)) for n, v in inputs.items()}
+        shapes = {n: list(_dims(v) or ()) for n, v in inputs.items()}
+        return cls(signature, dtypes, shapes, name=name)
+
+    def empty_past(self, batch: int) -> tuple[np.ndarray, ...]:
+        dtype = self.signature.kv_dtype or np.dtype(np.float32)
+        return tuple(np.zeros((batch, heads, 0, size), dtype) for heads, size in self.past_dims.values())
+
+    def __call__(self, ids: np.ndarray, past_length: int = 0, past: tuple[np.ndarray, ...] | None = None
+                 ) -> dict[str, np.ndarray]:
+        """The feeds for `ids` [batch, seq] after `past_length` cached tokens held in `past` (None: empty)."""
+        sig = self.signature
+        batch, seq = ids.shape
+        feeds = {sig.input_ids: ids.astype(self.dtypes.get(sig.input_ids, np.int64), copy=False)}
+        if sig.attention_mask is not None:
+            feeds[sig.attention_mask] = np.ones((batch, past_length + seq), self.dtypes.get(sig.attention_mask,
+                                                                                            np.int64))
+        if sig.position_ids is not None:
+            positions = np.arange(past_length, past_length + seq, dtype=self.dtypes.get(sig.position_ids, np.int64))
+            feeds[sig.position_ids] = np.broadcast_to(positions, (batch, seq)).copy()
+        feeds.update(zip(sig.past_inputs(), self.empty_past(batch) if past is None else past, strict=True))
+        return feeds

@@ -33,7 +33,7 @@ def describe(model: str | Path | LoadedModel) -> InspectResult:
         for mode in (Mode.STATIC, Mode.DYNAMIC)
     }
     candidates[Mode.WEIGHT_ONLY.value] = dict(sorted(Counter(n.op_type for n in weight_nodes(proto)).items()))
-    decoder = decoder_signature(proto)
+    decoder = decoder_signature(proto, loaded.path)
     return InspectResult(
         path=str(loaded.path), ir_version=proto.ir_version,
         opsets={(o.domain or "ai.onnx"): o.version for o in proto.opset_import},

@@ -17,7 +17,16 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.calibration import CalibrationData
-from qconvert.config import CalibrationMethod, Mode, QuantizeConfig, Sensitive, Target, WeightType
+from qconvert.config import (
+    CalibrationMethod,
+    Mode,
+    QuantizeConfig,
+    Sensitive,
+    Target,
+    TextData,
+    WeightMethod,
+    WeightType,
+)
 from qconvert.errors import ModelError, NothingQuantizedError, RuntimeFailure, UsageError, first_line
 from qconvert.model.files import check_output_path, file_nbytes, move_into_place, staging_dir
 from qconvert.model.graph import PROTOBUF_LIMIT, all_initializers, has_subgraphs, iter_nodes, model_nbytes
@@ -320,7 +329,7 @@ class QuantizeJob:
         return result_ops, skipped
 
 
-def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | None = None, *,
+def quantize(model: str | Path | LoadedModel, output: str | Path, data: CalibrationData | TextData | None = None, *,
              config: QuantizeConfig | None = None, force: bool = False) -> QuantizeResult:
     """Quantize `model` into `output` (QDQ for static, integer ops for dynamic) and report what happened.
 
@@ -330,11 +339,17 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     config = config or QuantizeConfig()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     if config.mode is Mode.WEIGHT_ONLY:
-        result = quantize_weights(loaded, output, config=config, force=force)
-        if data is not None:
-            result.warnings.append("weight-only quantization rounds weights to the nearest level: calibration "
-                                   "data not used")
+        text = data if isinstance(data, TextData) else None
+        result = quantize_weights(loaded, output, text, config=config, force=force)
+        if data is not None and text is None:
+            result.warnings.append("weight-only quantization reads calibration text (--calib-text), not input "
+                                   "samples: calibration data not used")
+        elif text is not None and config.weight_only.method is not WeightMethod.GPTQ:
+            result.warnings.append("round-to-nearest needs no calibration: the text was not used (--method gptq "
+                                   "reads it)")
         return result
+    if isinstance(data, TextData):
+        raise UsageError("calibration text is for --mode weight-only", hint="give --calib DATA for static mode")
     out = Path(output)
     check_output_path(out, inputs=(loaded.path,), force=force)
     with staging_dir(out) as work:

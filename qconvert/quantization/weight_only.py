@@ -22,14 +22,24 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qconvert import progress
-from qconvert.config import FAST_ACCURACY_LEVEL, Mode, QuantizeConfig, WeightForm, WeightOnlyConfig
+from qconvert.calibration.text import check_tokens, read_tokens
+from qconvert.config import (
+    FAST_ACCURACY_LEVEL,
+    Mode,
+    QuantizeConfig,
+    TextData,
+    WeightForm,
+    WeightMethod,
+    WeightOnlyConfig,
+)
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError, first_line
+from qconvert.model.decoder import DecoderFeeds, require_decoder
 from qconvert.model.files import check_output_path, move_into_place, staging_dir
 from qconvert.model.folders import copy_model_folder
 from qconvert.model.graph import PROTOBUF_LIMIT, iter_nodes, iter_scopes, model_nbytes, subgraphs, tensor_nbytes
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import cpu_session, quiet_onnxruntime
-from qconvert.quantization import nbits
+from qconvert.quantization import gptq, nbits
 from qconvert.quantization.planning import quantization_kinds
 from qconvert.results import OpTypeCount, QuantizedWeight, QuantizeResult, SkippedNode
 
@@ -117,14 +127,15 @@ def name_unnamed(model: onnx.ModelProto) -> None:
 
 
 def materialize_transposed_weights(model: onnx.ModelProto) -> int:
-    """MatMul(x, Transpose(W)) with W an initializer → MatMul(x, Wᵀ) with Wᵀ stored: how exporters
-    write a tied lm_head. The quantizer needs the weight as a constant. Returns the MatMuls rewired."""
+    """MatMul(x, Transpose(W)) or Gather(Transpose(W), ids) with W an initializer → the node reads Wᵀ,
+    stored: how exporters write a tied lm_head or embedding (onnxruntime-genai's builder reads the
+    embedding as Transpose(lm_head weight)). The quantizer needs the weight as a constant; a tied pair
+    is then found by value and stored once again. Returns the nodes rewired."""
     from onnx import numpy_helper
 
     rewired = 0
     for graph, outer in iter_scopes(model.graph):
-        local = {t.name: t for t in graph.initializer}
-        scope = {**outer, **local}
+        scope = {**outer, **{t.name: t for t in graph.initializer}}
         transposed = {}
         for node in graph.node:
             perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
@@ -133,15 +144,17 @@ def materialize_transposed_weights(model: onnx.ModelProto) -> int:
                 transposed[node.output[0]] = scope[node.input[0]]
         made: dict[str, str] = {}
         for node in graph.node:
-            if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in transposed:
-                source = transposed[node.input[1]]
-                if source.name not in made:
-                    name = f"{source.name}.transposed"
-                    graph.initializer.append(numpy_helper.from_array(
-                        np.ascontiguousarray(numpy_helper.to_array(source).T), name))
-                    made[source.name] = name
-                node.input[1] = made[source.name]
-                rewired += 1
+            slot = {"MatMul": 1, "Gather": 0}.get(node.op_type)
+            if slot is None or len(node.input) <= slot or node.input[slot] not in transposed:
+                continue
+            source = transposed[node.input[slot]]
+            if source.name not in made:
+                name = f"{source.name}.transposed"
+                graph.initializer.append(numpy_helper.from_array(
+                    np.ascontiguousarray(numpy_helper.to_array(source).T), name))
+                made[source.name] = name
+            node.input[slot] = made[source.name]
+            rewired += 1
         read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
         read |= {i for node in graph.node for _, body in subgraphs(node) for n in body.node for i in n.input}
         for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in transposed]:
@@ -174,6 +187,15 @@ def weight_nodes(model: onnx.ModelProto) -> list[WeightNode]:
     vocab = {n.rows for n in nodes if n.role == EMBEDDING}
     return [replace(n, role=LM_HEAD) if n.op_type == "MatMul" and n.role == BLOCK and n.cols in vocab
             and n.cols > n.rows else n for n in nodes]
+
+
+def default_blocks(model: onnx.ModelProto, bits: int) -> int:
+    """The block size when none is given: 32 for 4 bits (accuracy); for 8 bits the largest of 128, 64, 32
+    that divides every embedding's width, so the table is quantized and a tied lm_head shares it."""
+    if bits == 4:
+        return 32
+    widths = {n.cols for n in weight_nodes(model) if n.role == EMBEDDING}
+    return next((b for b in (128, 64) if all(w % b == 0 for w in widths)), 32)
 
 
 def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig) -> WeightPlan:
@@ -212,46 +234,145 @@ def _float_reason(n: WeightNode, quantize: QuantizeConfig, config: WeightOnlyCon
             return "embeddings kept float (--no-embeddings)"
         if config.form is WeightForm.QDQ:
             return "the QDQ form has no blocked Gather: the embedding stays float"
-        if n.cols % config.block_size:
-            return f"embedding width {n.cols} is not a multiple of the block size {config.block_size}"
+        if table_blocks(n.cols, config.blocks) is None:
+            return f"embedding width {n.cols} is not a multiple of 16 (GatherBlockQuantized's smallest block)"
     return None
 
 
-def quantize_weights(model: str | Path | LoadedModel, output: str | Path, *, config: QuantizeConfig | None = None,
-                     force: bool = False) -> QuantizeResult:
-    """Quantize `model`'s MatMul and embedding weights block-wise into `output`, written atomically
-    (external data when the model has it or needs it), beside copies of its onnxruntime-genai
-    folder's config and tokenizer files when it has them."""
-    config = config or QuantizeConfig(mode=Mode.WEIGHT_ONLY)
-    weight_only = config.weight_only
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    out = Path(output)
-    check_output_path(out, inputs=(loaded.path,), force=force)
-    kinds = quantization_kinds(loaded.proto)
-    if any(kinds.values()):
-        found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-        raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
-                         hint="quantize the FP32 original instead")
-    started = time.perf_counter()
-    with progress.task("reading weights", total=None):
-        proto = loaded.owned_copy()
-    name_unnamed(proto)
-    materialize_transposed_weights(proto)
-    the_plan = plan_weights(proto, config)
-    prepare_seconds = time.perf_counter() - started
-    _check_plan(loaded.path, the_plan, weight_only)
-    t0 = time.perf_counter()
-    with progress.task("quantizing weights", total=None), quiet_onnxruntime():
-        proto = _quantize(proto, the_plan, weight_only)
-    seconds = time.perf_counter() - t0
-    external = loaded.uses_external_data or model_nbytes(proto) >= PROTOBUF_LIMIT
-    with staging_dir(out) as work:
-        staged = work / out.name
-        _save(proto, staged, external)
-        _check_loads(staged)
-        bytes_after = move_into_place(staged, out)
-    copied = copy_model_folder(loaded.path, out)
-    return _result(loaded, out, config, the_plan, proto, bytes_after, prepare_seconds, seconds, copied)
+def table_blocks(width: int, block_size: int) -> int | None:
+    """An embedding table's block size: `block_size` when it divides the width (GatherBlockQuantized has
+    no padding), else the largest power of two from 16 below it that does; None when none does."""
+    return next((b for b in (block_size, 128, 64, 32, 16) if b <= block_size and width % b == 0), None)
+
+
+class WeightJob:
+    """One model read, checked and planned once, then written weight-only as often as a search needs
+    (`write`), each time with its own set of 8-bit nodes. GPTQ's weights are solved once per node
+    and width, from Hessians of the calibration text computed once."""
+
+    def __init__(self, model: str | Path | LoadedModel, config: QuantizeConfig,
+                 calibration: TextData | None = None) -> None:
+        self.config, self.calibration = config, calibration
+        if config.weight_only.method is WeightMethod.GPTQ and calibration is None:
+            raise UsageError("GPTQ needs calibration text", hint="add --calib-text FILE (or --weight-method rtn)")
+        self.loaded = loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        kinds = quantization_kinds(loaded.proto)
+        if any(kinds.values()):
+            found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+            raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
+                             hint="quantize the FP32 original instead")
+        started = time.perf_counter()
+        with progress.task("reading weights", total=None):
+            self.proto = loaded.owned_copy()
+        name_unnamed(self.proto)
+        materialize_transposed_weights(self.proto)
+        if config.weight_only.block_size is None:
+            self.config = config = replace(config, weight_only=replace(
+                config.weight_only, block_size=default_blocks(self.proto, config.weight_only.bits)))
+        self.plan = plan_weights(self.proto, config)
+        _check_plan(loaded.path, self.plan, config.weight_only)
+        self.external = loaded.uses_external_data or model_nbytes(self.proto) >= PROTOBUF_LIMIT
+        self.prepare_seconds = time.perf_counter() - started
+        self.calibration_seconds, self.samples = 0.0, 0
+        self._hessians: dict[str, gptq.Hessian] | None = None
+        self._solved: dict[tuple[str, int], np.ndarray] = {}
+
+    def hessians(self, text: TextData, windows: int, work: Path) -> dict[str, gptq.Hessian]:
+        """XᵀX of every quantized MatMul's input over `windows` windows of `text` (FP32 activations)."""
+        signature = require_decoder(self.loaded.proto, self.loaded.path)
+        tokens = read_tokens(text, self.loaded.path)
+        check_tokens(tokens, signature.vocab, GPTQ_CONTEXT, str(text.text or text.tokens))
+        count = min(windows, tokens.size // GPTQ_CONTEXT)
+        build = DecoderFeeds.of_model(self.loaded.proto, signature, name=str(self.loaded.path))
+        feeds = [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT]) for i in range(count)]
+        inputs = {gn.node.name: gn.node.input[0] for gn in iter_nodes(self.proto.graph) if gn.node.op_type == "MatMul"}
+        with progress.task("activations", total=None), quiet_onnxruntime():
+            return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self._solvable()}, feeds,
+                                 work=work)
+
+    def _solvable(self) -> list[WeightNode]:
+        """The quantized MatMuls GPTQ can solve: in the main graph, their weight read by them alone (one
+        Hessian cannot serve two readers)."""
+        readers: dict[str, int] = {}
+        for gn in iter_nodes(self.proto.graph):
+            if gn.node.op_type == "MatMul" and len(gn.node.input) == 2:
+                readers[gn.node.input[1]] = readers.get(gn.node.input[1], 0) + 1
+        return [n for n in self.plan.quantized("MatMul") if readers.get(n.weight) == 1 and not n.graph]
+
+    def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int], work: Path) -> None:
+        """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width (solved once, kept)."""
+        from onnx import numpy_helper
+
+        if self._hessians is None:
+            assert self.calibration is not None
+            started = time.perf_counter()
+            self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
+            self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
+            self.calibration_seconds = time.perf_counter() - started
+        tensors = {t.name: t for t in proto.graph.initializer}
+        nodes = self._solvable()
+        with progress.task("GPTQ", total=len(nodes)) as step:
+            for n in nodes:
+                tensor = tensors[n.weight]
+                weight = numpy_helper.to_array(tensor)
+                key = (n.name, bits[n.name])
+                if key not in self._solved:
+                    started = time.perf_counter()
+                    self._solved[key] = gptq.gptq_quantize(
+                        weight.reshape(n.rows, n.cols).astype(np.float32), self._hessians[n.name].matrix,
+                        bits=key[1], block_size=self.config.weight_only.blocks,
+                        symmetric=self.config.weight_only.symmetric)
+                    self.calibration_seconds += time.perf_counter() - started
+                tensor.CopyFrom(numpy_helper.from_array(self._solved[key].reshape(weight.shape).astype(weight.dtype),
+                                                        tensor.name))
+                step()
+
+    def write(self, output: str | Path, *, eight_bit: tuple[str, ...] | None = None, force: bool = False,
+              last: bool = False) -> QuantizeResult:
+        """The model quantized into `output` (written atomically, external data when the model has it
+        or needs it), with the nodes matching `eight_bit` (None: the configuration's) in 8 bits,
+        beside copies of its onnxruntime-genai folder's config and tokenizer files. `last`: the job's
+        final write, which may quantize its own copy of the model in place (a model's size less memory)."""
+        import onnx
+
+        out = Path(output)
+        check_output_path(out, inputs=(self.loaded.path,), force=force)
+        config = self.config if eight_bit is None else replace(
+            self.config, weight_only=replace(self.config.weight_only, eight_bit=eight_bit))
+        the_plan = plan_weights(self.proto, config) if eight_bit is not None else self.plan
+        proto = self.proto
+        if not last:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.proto)
+        with staging_dir(out) as work:
+            if config.weight_only.method is WeightMethod.GPTQ:
+                self._gptq(proto, the_plan.bits, work)
+            started = time.perf_counter()
+            with progress.task("quantizing weights", total=None), quiet_onnxruntime():
+                proto = _quantize(proto, the_plan, config.weight_only)
+            seconds = time.perf_counter() - started
+            staged = work / out.name
+            _save(proto, staged, self.external)
+            _check_loads(staged)
+            bytes_after = move_into_place(staged, out)
+        copied = copy_model_folder(self.loaded.path, out)
+        result = _result(self.loaded, out, config, the_plan, proto, bytes_after, self.prepare_seconds, seconds,
+                         copied)
+        result.calibration_seconds, result.calibration_samples = self.calibration_seconds, self.samples
+        result.data = self.calibration.to_dict() if self.calibration is not None else None
+        return result
+
+
+def quantize_weights(model: str | Path | LoadedModel, output: str | Path, calibration: TextData | None = None, *,
+                     config: QuantizeConfig | None = None, force: bool = False) -> QuantizeResult:
+    """Quantize `model`'s MatMul and embedding weights block-wise into `output` (see `WeightJob.write`).
+    GPTQ reads `calibration` text."""
+    job = WeightJob(model, config or QuantizeConfig(mode=Mode.WEIGHT_ONLY), calibration)
+    return job.write(output, force=force, last=True)
+
+
+GPTQ_CONTEXT = 256  # tokens per calibration window
+GPTQ_WINDOWS = 32  # windows at most: 8192 tokens
 
 
 def _check_plan(path: Path, the_plan: WeightPlan, config: WeightOnlyConfig) -> None:
@@ -276,13 +397,13 @@ def _quantize(proto: onnx.ModelProto, the_plan: WeightPlan, config: WeightOnlyCo
         chosen = {n.name for n in matmuls if the_plan.bits[n.name] == width}
         if chosen:
             others = {n.name for n in the_plan.nodes if n.op_type == "MatMul"} - chosen
-            proto = nbits.quantize_matmuls(proto, bits=width, block_size=config.block_size,
+            proto = nbits.quantize_matmuls(proto, bits=width, block_size=config.blocks,
                                            symmetric=config.symmetric, accuracy_level=config.accuracy_level,
                                            qdq=qdq, exclude=others)
     for gather in the_plan.quantized("Gather"):
         head = the_plan.tied.get(gather.name)
         shared = head is not None and head not in the_plan.excluded and the_plan.bits[head] == the_plan.bits[
-            gather.name] and not qdq
+            gather.name] and not qdq and table_blocks(gather.cols, config.blocks) == config.blocks
         _replace_gather(proto, gather, the_plan.bits[gather.name], config, head if shared else None)
     return proto
 
@@ -304,6 +425,7 @@ def _replace_gather(proto: onnx.ModelProto, gather: WeightNode, bits: int, confi
 
     graph, node = _find(proto, gather.name)
     vocab, width = gather.rows, gather.cols
+    block_size = table_blocks(width, config.blocks) or config.blocks
     if head is not None:
         _, matmul = _find(proto, f"{head}_Q{bits}")
         packed, scales = matmul.input[1], matmul.input[2]
@@ -311,7 +433,7 @@ def _replace_gather(proto: onnx.ModelProto, gather: WeightNode, bits: int, confi
     else:
         scope = {t.name: t for g, _ in iter_scopes(proto.graph) for t in g.initializer}
         table = numpy_helper.to_array(scope[gather.weight])
-        blocks = nbits.pack(np.ascontiguousarray(table.T), bits=bits, block_size=config.block_size,
+        blocks = nbits.pack(np.ascontiguousarray(table.T), bits=bits, block_size=block_size,
                             symmetric=config.symmetric)
         packed, scales = f"{gather.weight}_Q{bits}", f"{gather.weight}_scales"
         graph.initializer.extend([numpy_helper.from_array(blocks.packed, packed),
@@ -327,7 +449,7 @@ def _replace_gather(proto: onnx.ModelProto, gather: WeightNode, bits: int, confi
     quantized = helper.make_node(
         "GatherBlockQuantized", [data, node.input[1], scales, *([zero_points] if zero_points else [])],
         list(node.output), name=f"{gather.name}_Q{bits}", domain="com.microsoft", bits=bits,
-        block_size=config.block_size, gather_axis=0, quantize_axis=1)
+        block_size=block_size, gather_axis=0, quantize_axis=1)
     position = list(graph.node).index(node)
     graph.node.remove(node)
     graph.node.insert(position, quantized)
@@ -376,31 +498,29 @@ def _default_opset(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _stored_bytes(proto: onnx.ModelProto) -> dict[str, int]:
-    """Bytes of the constant inputs (blocks, scales, zero points) of each quantized node, by the name
-    of the node it replaced (onnxruntime names its nodes `<name>_Q<bits>`, `<name>_DQ_Q4`)."""
-    sizes = {t.name: tensor_nbytes(t) for g, _ in iter_scopes(proto.graph) for t in g.initializer}
-    stored: dict[str, int] = {}
+def _stored_inputs(proto: onnx.ModelProto) -> dict[str, set[str]]:
+    """The initializers (blocks, scales, zero points) each quantized node reads, by the name of the node
+    it replaced (onnxruntime names its nodes `<name>_Q<bits>`, `<name>_DQ_Q4`); a Gather's blocks through
+    the Reshape in front of it."""
+    constants = {t.name for g, _ in iter_scopes(proto.graph) for t in g.initializer}
+    reshapes = {gn.node.output[0]: gn.node.input[0] for gn in iter_nodes(proto.graph) if gn.node.op_type == "Reshape"}
+    found: dict[str, set[str]] = {}
     for gn in iter_nodes(proto.graph):
         node = gn.node
         if node.op_type in ("MatMulNBits", "GatherBlockQuantized", "DequantizeLinear"):
             original = node.name.rsplit("_DQ_Q4", 1)[0] if "_DQ_Q4" in node.name else node.name.rsplit("_Q", 1)[0]
-            inputs = list(node.input[1:]) if node.op_type == "MatMulNBits" else list(node.input)
-            stored[original] = sum(sizes.get(i, 0) for i in inputs if i)
-    reshapes = {gn.node.output[0]: gn.node.input[0] for gn in iter_nodes(proto.graph) if gn.node.op_type == "Reshape"}
-    for gn in iter_nodes(proto.graph):  # a Gather reading through a Reshape of its own blocks
-        node = gn.node
-        if node.op_type == "GatherBlockQuantized" and node.input[0] in reshapes:
-            original = node.name.rsplit("_Q", 1)[0]
-            source = reshapes[node.input[0]]
-            stored[original] = sizes.get(source, 0) + sum(sizes.get(i, 0) for i in node.input[2:] if i)
-    return stored
+            inputs = list(node.input[1:]) if node.op_type == "MatMulNBits" else [
+                reshapes.get(node.input[0], node.input[0]), *node.input[2:]] if node.op_type == "GatherBlockQuantized" \
+                else list(node.input)
+            found[original] = {i for i in inputs if i in constants}
+    return found
 
 
 def _result(loaded: LoadedModel, out: Path, config: QuantizeConfig, the_plan: WeightPlan, proto: onnx.ModelProto,
             bytes_after: int, prepare_seconds: float, seconds: float, copied: list[str]) -> QuantizeResult:
     weight_only = config.weight_only
-    stored = _stored_bytes(proto)
+    sizes = {t.name: tensor_nbytes(t) for g, _ in iter_scopes(proto.graph) for t in g.initializer}
+    reads = _stored_inputs(proto)
     op_types: dict[str, OpTypeCount] = {}
     skipped: list[SkippedNode] = []
     weights: list[QuantizedWeight] = []
@@ -414,13 +534,13 @@ def _result(loaded: LoadedModel, out: Path, config: QuantizeConfig, the_plan: We
         counts.quantized += 1
         bits = the_plan.bits[n.name]
         head = the_plan.tied.get(n.name)
-        shared = head is not None and stored.get(head) is not None and the_plan.bits.get(head) == bits
-        weights.append(QuantizedWeight(n.name, n.op_type, n.role, n.params, bits,
-                                       0 if shared else stored.get(n.name, 0), tied_to=head))
+        own = reads.get(n.name, set()) - (reads.get(head, set()) if head else set())  # a tied head's are its own
+        weights.append(QuantizedWeight(n.name, n.op_type, n.role, n.params, bits, sum(sizes[i] for i in own),
+                                       tied_to=head))
     warnings = []
     used = {the_plan.bits[n.name] for n in the_plan.quantized("MatMul")}
     for bits in sorted(used):
-        reason = slow_path(bits, weight_only.block_size, weight_only.accuracy_level)
+        reason = slow_path(bits, weight_only.blocks, weight_only.accuracy_level)
         if reason and weight_only.form is WeightForm.NBITS:
             warnings.append(f"{bits}-bit MatMulNBits will run onnxruntime's slow CPU path (dequantize, then SGEMM): "
                             f"{reason}")

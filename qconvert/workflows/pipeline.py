@@ -11,31 +11,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from qconvert.calibration import open_data
+from qconvert.calibration import CalibrationData, open_data
 from qconvert.config import (
+    DEFAULT_MAX_TRIALS,
     BenchmarkConfig,
     DataConfig,
+    DecodeConfig,
     EPConfig,
     Gates,
+    LanguageConfig,
     Mode,
     PipelineJob,
     QuantizeConfig,
     SearchConfig,
+    TextData,
     ValidateConfig,
 )
+from qconvert.errors import UsageError
 from qconvert.measurement.analysis import analyze
 from qconvert.measurement.benchmarking import batch_feeds, benchmark
 from qconvert.measurement.metrics import nan_lowest
 from qconvert.measurement.validation import validate
+from qconvert.model.decoder import decoder_signature
 from qconvert.model.loading import LoadedModel, input_specs, load_model
 from qconvert.quantization.job import quantize
 from qconvert.results import PipelineResult, QuantizeResult, QuickCheck, Trial
 from qconvert.workflows.search import search_quantize
-
-if TYPE_CHECKING:
-    from qconvert.calibration import CalibrationData
+from qconvert.workflows.weight_search import search_weights
 
 ANALYZE_SAMPLES = 32
 CHECK_SAMPLES = 8  # calibration samples the quantized model is checked against FP32 on
@@ -45,41 +48,65 @@ WRECKED_COSINE = 0.98  # below this on those, quantize warns that the model lost
 def run_job(job: PipelineJob, *, on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
     """Load `job.model`, open its calibration data and run every step the job asks for."""
     loaded = load_model(job.model)
-    data = open_data(job.calibration, input_specs(loaded.proto)) if job.calibration else None
+    data = open_data(job.calibration, input_specs(loaded.proto)) if job.calibration else job.calibration_text
     result = quantize_and_measure(loaded, job.output, data, config=job.config, force=job.force,
                                   evaluation=job.evaluation, gates=job.gates, providers=job.providers,
                                   search=job.search, benchmark_config=job.benchmark, analyze_nodes=job.analyze,
-                                  on_trial=on_trial)
+                                  on_trial=on_trial, text=job.evaluation_text, language=job.language,
+                                  text_trials=job.text_trials)
     result.job = job
     return result
 
 
-def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: CalibrationData | None, *,
+def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: CalibrationData | TextData | None, *,
                          config: QuantizeConfig, force: bool = False, evaluation: DataConfig | None = None,
                          gates: Gates | None = None, providers: tuple[EPConfig, ...] = (EPConfig(),),
                          benchmark_config: BenchmarkConfig | None = None, search: SearchConfig | None = None,
-                         analyze_nodes: bool = False,
-                         on_trial: Callable[[Trial], None] | None = None) -> PipelineResult:
+                         analyze_nodes: bool = False, on_trial: Callable[[Trial], None] | None = None,
+                         text: TextData | None = None, language: LanguageConfig | None = None,
+                         text_trials: int = DEFAULT_MAX_TRIALS) -> PipelineResult:
     """Quantize `model` into `output` (searching for the fewest nodes to keep in float when
     `search` is given); then, when `evaluation` is given, validate against FP32 on it on each
     provider; then, when `benchmark_config` is given, time FP32 against quantized side by side on
     each provider; then, when `analyze_nodes`, rank the quantized nodes by their own error."""
     specs = input_specs(model.proto)
     if search is not None:
+        if isinstance(calibration, TextData) or config.mode is Mode.WEIGHT_ONLY:
+            raise UsageError("the accuracy search (--eval-data) keeps nodes out of static or dynamic QDQ",
+                             hint="weight-only models are judged on text: --text FILE --max-ppl-ratio R")
         searched = search_quantize(model, output, calibration, config=config, search=search, force=force,
                                    on_trial=on_trial)
         result = PipelineResult(quantize=searched.quantized, search=searched,
                                 validate=[] if evaluation else [searched.validation])
+    elif text is not None and gates is not None and gates.on_text and config.mode is Mode.WEIGHT_ONLY and \
+            config.weight_only.bits == 4:
+        quantized, weights = search_weights(model, Path(output), calibration if isinstance(calibration, TextData)
+                                            else None, config=config, text=text, gates=gates,
+                                            language=language or LanguageConfig(), max_trials=text_trials,
+                                            ep=providers[0], force=force)
+        result = PipelineResult(quantize=quantized, weight_search=weights)
     else:
         result = PipelineResult(quantize=quantize(model, output, calibration, config=config, force=force))
-        if calibration is not None and result.quantize.mode is Mode.STATIC:
+        if isinstance(calibration, CalibrationData) and result.quantize.mode is Mode.STATIC:
             _check(model.path, Path(output), calibration, result.quantize)
+    if text is not None:
+        for ep in providers:
+            result.validate.append(validate(model.path, output, text, config=ValidateConfig(
+                gates=gates or Gates(), ep=ep, language=language or LanguageConfig())))
     if evaluation is not None:
         for ep in providers:
             result.validate.append(validate(model.path, output, open_data(evaluation, specs),
                                             config=ValidateConfig(gates=gates or Gates(), ep=ep)))
     measured_on = evaluation or (search.evaluation if search else None)
-    if benchmark_config is not None:
+    if benchmark_config is not None and result.quantize.mode is Mode.WEIGHT_ONLY and \
+            decoder_signature(model.proto, model.path) is not None:
+        benchmark_config = replace(benchmark_config, decode=benchmark_config.decode or DecodeConfig(
+            rounds=benchmark_config.runs or DecodeConfig().rounds), runs=None)
+    if benchmark_config is not None and benchmark_config.decode is not None:
+        for ep in providers:
+            result.benchmark.append(benchmark([model.path, output], {}, config=replace(benchmark_config, ep=ep,
+                                                                                    reference_first=True)))
+    elif benchmark_config is not None:
         feeds = batch_feeds(open_data(measured_on or DataConfig("synthetic"), specs), benchmark_config.batch)
         for ep in providers:
             result.benchmark.append(benchmark([model.path, output], feeds,

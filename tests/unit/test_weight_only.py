@@ -11,9 +11,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from qconvert import quantize
+from qconvert import quantize, validate
 from qconvert.cli.app import app
-from qconvert.config import Mode, QuantizeConfig, WeightForm, WeightOnlyConfig
+from qconvert.config import (
+    LanguageConfig,
+    Mode,
+    QuantizeConfig,
+    TextData,
+    ValidateConfig,
+    WeightForm,
+    WeightMethod,
+    WeightOnlyConfig,
+)
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
 from qconvert.quantization.weight_only import slow_path
 from tests import models
@@ -206,3 +215,46 @@ def test_cli(tmp_path: Path) -> None:
     odd = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "o.onnx"), "--mode", "weight-only",
                               "--block-size", "48"])
     assert odd.exit_code == 2 and "power of two from 16 to 256" in odd.output
+
+
+TINY = Path(__file__).resolve().parents[2] / "sample_models" / "tiny_llm"
+
+
+def _ratio(fp32: Path, quant: Path) -> float:
+    found = validate(fp32, quant, TextData(text=TINY / "eval.txt"),
+                     config=ValidateConfig(language=LanguageConfig(prompts=0))).language
+    assert found is not None
+    return found.perplexity_ratio
+
+
+def test_gptq_beats_round_to_nearest_at_equal_size_on_a_trained_decoder(tmp_path: Path) -> None:
+    """The sample decoder (real trained weights): GPTQ on its calibration text against RTN, blocks of 128."""
+    fp32 = TINY / "model.onnx"
+    rtn = quantize(fp32, tmp_path / "rtn.onnx", config=weight_only(block_size=128))
+    gptq = quantize(fp32, tmp_path / "gptq.onnx", TextData(text=TINY / "calib.txt"),
+                    config=weight_only(block_size=128, method=WeightMethod.GPTQ))
+    assert gptq.bytes_after == rtn.bytes_after and gptq.calibration_samples > 0
+    rtn_ratio, gptq_ratio = _ratio(fp32, tmp_path / "rtn.onnx"), _ratio(fp32, tmp_path / "gptq.onnx")
+    assert 1.0 < gptq_ratio < rtn_ratio - 0.005, (gptq_ratio, rtn_ratio)
+    with pytest.raises(UsageError, match="GPTQ needs calibration text"):
+        quantize(fp32, tmp_path / "none.onnx", config=weight_only(method=WeightMethod.GPTQ))
+
+
+def test_int8_keeps_the_trained_decoder(tmp_path: Path) -> None:
+    result = quantize(TINY / "model.onnx", tmp_path / "q8.onnx", config=weight_only(bits=8))
+    assert abs(_ratio(TINY / "model.onnx", tmp_path / "q8.onnx") - 1.0) < 0.002
+    assert result.size_ratio > 3.0
+
+
+def test_a_table_the_block_does_not_divide_gets_smaller_blocks_of_its_own(tmp_path: Path,
+                                                                          ids: dict[str, np.ndarray]) -> None:
+    """Blocks of 128 over a 64-wide embedding: the lm_head pads K to 128, so the table cannot read its
+    blocks; it gets blocks of 64 of its own rather than staying float."""
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    result = quantize(src, tmp_path / "q.onnx", config=weight_only(block_size=128))
+    embed = next(w for w in result.weights if w.node == "embed")
+    assert embed.bits == 4 and embed.stored_bytes > 0 and not result.skipped
+    gather = next(n for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.op_type == "GatherBlockQuantized")
+    assert next(a.i for a in gather.attribute if a.name == "block_size") == 64
+    ref, = models.run(src, ids)
+    assert cosine(ref, models.run(tmp_path / "q.onnx", ids)[0]) > 0.97
