@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from qconvert.config import DataConfig, EPConfig, Layout, alias
+from qconvert.config import DataConfig, EPConfig, LanguageConfig, Layout, TextData, alias
 from qconvert.errors import UsageError
 
 if TYPE_CHECKING:
@@ -190,6 +190,23 @@ def data_from(ctx: typer.Context, source: str, *, samples: int | None = None,
     return data_config(source, samples=samples, shape=p["shape"] or p.get("fix_shape"), image_size=p["image_size"],
                        mean=p["mean"], std=p["std"], layout=Layout(p["layout"]) if p["layout"] else None,
                        labels=labels, allow_nonfinite=p["allow_nonfinite"])
+
+
+def language_from(ctx: typer.Context) -> LanguageConfig:
+    """How --text is read: --context, --stride, --max-windows, --prompts."""
+    p = ctx.params
+    return LanguageConfig(context=p["context"], stride=p["stride"], max_windows=p["max_windows"], prompts=p["prompts"])
+
+
+def text_from(ctx: typer.Context) -> TextData | None:
+    """The evaluation text of --text (with --tokenizer) or --tokens; None when neither is given."""
+    p = ctx.params
+    if p["text"] is None and p["tokens"] is None:
+        return None
+    def path(name: str) -> Path | None:  # ctx.params holds what was typed
+        return None if p[name] is None else Path(p[name])
+
+    return TextData(text=path("text"), tokenizer=path("tokenizer"), tokens=path("tokens"))
 
 
 _WRITTEN = ("output", "report", "save_recipe")  # parameters naming files the command writes

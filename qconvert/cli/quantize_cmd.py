@@ -198,7 +198,7 @@ def quantize(
     from qconvert import BenchmarkConfig, Gates, PipelineJob, SearchConfig, run_batch, run_job
     from qconvert.cli import render
     from qconvert.cli.app import conclude
-    from qconvert.config import LanguageConfig, TextData
+    from qconvert.config import TextData
     from qconvert.report.writing import plan_reports
     from qconvert.workflows.batch import batch_jobs, expand_models
 
@@ -219,9 +219,7 @@ def quantize(
                             gates=gates, max_trials=max_trials) if eval_data is not None else None,
         benchmark=BenchmarkConfig(runs=runs, min_speedup=min_speedup) if then_benchmark else None,
         calibration_text=TextData(text=calib_text, tokenizer=tokenizer) if calib_text is not None else None,
-        evaluation_text=TextData(text=text, tokenizer=tokenizer, tokens=tokens)
-        if text is not None or tokens is not None else None,
-        language=LanguageConfig(context=context, stride=stride, max_windows=max_windows, prompts=prompts),
+        evaluation_text=options.text_from(ctx), language=options.language_from(ctx),
         text_trials=max_trials,
     )
     models, is_batch = expand_models(model)

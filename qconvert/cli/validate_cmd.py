@@ -81,21 +81,19 @@ def validate(
     from qconvert import validate as run_validate
     from qconvert.cli import render
     from qconvert.cli.app import conclude
-    from qconvert.config import LanguageConfig, TextData
     from qconvert.errors import UsageError
 
     plan = options.report_plan(ctx, report)
     gates = Gates(min_cosine=min_cosine, max_drop=max_drop, min_sqnr=min_sqnr, max_ppl_ratio=max_ppl_ratio,
                   min_top1=min_top1)
     config = ValidateConfig(gates=gates, ep=options.ep_config(ep, ep_option, threads),
-                            min_provider_share=min_provider_share,
-                            language=LanguageConfig(context=context, stride=stride, max_windows=max_windows,
-                                                    prompts=prompts))
-    if (data is None) == (text is None and tokens is None):
+                            min_provider_share=min_provider_share, language=options.language_from(ctx))
+    text_data = options.text_from(ctx)
+    if (data is None) == (text_data is None):
         raise UsageError("give --data DATA, or for a language model --text FILE (or --tokens FILE.npy)"
                          if data is None else "--data and --text/--tokens are two kinds of validation: give one",
                          hint="qconvert validate FP32 QUANT --text eval.txt --tokenizer tokenizer.json")
-    source = options.data_from(ctx, data, samples=samples, labels=labels) if data is not None else TextData(
-        text=text, tokenizer=tokenizer, tokens=tokens)
+    source = options.data_from(ctx, data, samples=samples, labels=labels) if data is not None else text_data
+    assert source is not None
     result = run_validate(fp32_model, quantized_model, source, config=config)
     conclude(result, plan, lambda: render.validate_result(result, as_json=as_json))
