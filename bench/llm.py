@@ -77,12 +77,13 @@ def _bytes(model: Path) -> int:
 
 GPTQ = WeightMethod.GPTQ
 VARIANTS: dict[str, WeightOnlyConfig] = {
-    "int4": WeightOnlyConfig(),
+    "int4": WeightOnlyConfig(),  # the default: symmetric, blocks of 32, round to nearest
+    "int4-asym": WeightOnlyConfig(symmetric=False),
     "int4-b128": WeightOnlyConfig(block_size=128),
-    "int4-sym": WeightOnlyConfig(symmetric=True),
-    "int4-b128-sym": WeightOnlyConfig(block_size=128, symmetric=True),
+    "int4-b128-asym": WeightOnlyConfig(block_size=128, symmetric=False),
     "int4-gptq": WeightOnlyConfig(method=GPTQ),
-    "int4-gptq-b128-sym": WeightOnlyConfig(method=GPTQ, block_size=128, symmetric=True),
+    "int4-gptq-asym": WeightOnlyConfig(method=GPTQ, symmetric=False),
+    "int4-gptq-b128": WeightOnlyConfig(method=GPTQ, block_size=128),
     "int4-gptq-search": WeightOnlyConfig(method=GPTQ),  # + the search for 8-bit weights, to --max-ppl-ratio
     "int8": WeightOnlyConfig(bits=8),
 }
@@ -118,7 +119,8 @@ def main() -> None:
             job = PipelineJob(model=fp32, output=out_dir / "model.onnx", config=config, force=True,
                               calibration_text=uses, evaluation_text=calibration,
                               gates=Gates(max_ppl_ratio=SEARCH_TARGET),
-                              language=LanguageConfig(prompts=0), providers=(EPConfig(threads=2),))
+                              language=LanguageConfig(prompts=0, max_windows=args.windows),
+                              providers=(EPConfig(threads=2),))
             found = run_job(job)
             result = found.quantize
             assert found.weight_search is not None

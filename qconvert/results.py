@@ -630,18 +630,18 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class WeightSensitivity:
-    """A weight (or a tied embedding and lm_head, one matrix) ranked by the noise 4 bits add to its
-    output on the evaluation text, relative to that output (1 / SQNR), and what 8 bits cost."""
+    """A weight (or a tied embedding and lm_head, one matrix) ranked by what it alone costs at 4 bits on
+    the evaluation text (the KL divergence from FP32 with only it at 4 bits) per byte 8 bits add."""
 
     nodes: tuple[str, ...]
     role: str
     rank: int
-    noise: float
+    kl: float
     extra_bytes: int  # bytes 8 bits take beyond 4
     eight_bit: bool  # chosen for 8 bits by the search
 
     def to_dict(self) -> dict[str, object]:
-        return {"nodes": list(self.nodes), "role": self.role, "rank": self.rank, "noise": number(self.noise, 8),
+        return {"nodes": list(self.nodes), "role": self.role, "rank": self.rank, "kl": number(self.kl, 8),
                 "extra_bytes": self.extra_bytes, "eight_bit": self.eight_bit}
 
 

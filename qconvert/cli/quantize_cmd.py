@@ -135,7 +135,8 @@ def quantize(
         rich_help_panel="Weight-only")] = True,
     weight_method: Annotated[WeightMethod, typer.Option(
         "--weight-method", help="Weight-only: rtn (round to nearest) or gptq (error-compensating, reads "
-                                "--calib-text).", rich_help_panel="Weight-only")] = WeightMethod.RTN,
+                                "--calib-text).", show_default="gptq with --calib-text, else rtn",
+        rich_help_panel="Weight-only")] = WeightMethod.RTN,
     calib_text: Annotated[Path | None, typer.Option(
         "--calib-text", help="Weight-only: calibration text for --weight-method gptq (tokenized with --tokenizer).",
         show_default=False, rich_help_panel="Weight-only")] = None,
@@ -248,8 +249,8 @@ def _config(ctx: typer.Context, providers: tuple[EPConfig, ...]) -> QuantizeConf
 
 
 def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
-    """The weight-only options, refused unless the mode is weight-only; its own defaults (int4,
-    asymmetric) where --weights / --symmetric-weights were not given."""
+    """The weight-only options, refused unless the mode is weight-only; int4 unless --weights says int8,
+    GPTQ when --calib-text is given and --weight-method is not."""
     p = ctx.params
     if mode is not Mode.WEIGHT_ONLY:
         stray = [f"--{name.replace('_', '-')}" for name in _WEIGHT_ONLY if _given(ctx, name)]
@@ -263,9 +264,10 @@ def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
                          hint="use --weights int4 or --weights int8")
     return WeightOnlyConfig(
         bits=8 if _given(ctx, "weights") and weights is WeightType.INT8 else 4, block_size=p["block_size"],
-        symmetric=p["symmetric_weights"] if _given(ctx, "symmetric_weights") else False,
+        symmetric=p["symmetric_weights"],
         accuracy_level=p["accuracy_level"], form=WeightForm(p["weight_form"]), embeddings=p["embeddings"],
-        method=WeightMethod(p["weight_method"]),
+        method=WeightMethod(p["weight_method"]) if _given(ctx, "weight_method") or p["calib_text"] is None
+        else WeightMethod.GPTQ,
         eight_bit=tuple(p["eight_bit"] or ()))
 
 

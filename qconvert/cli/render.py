@@ -508,12 +508,12 @@ def weight_search_result(r: WeightSearchResult, top: int = 10) -> None:
         table.add_row(str(t.index), str(t.eight_bit), human_bytes(t.file_bytes), f"{t.perplexity_ratio:.4f}×",
                       f"{t.top1_agreement * 100:.1f}%", "[green]meets[/]" if t.passed else "misses")
     out.print(table)
-    ranked = Table(title=f"most sensitive weights (of {len(r.ranking)}): noise 4 bits add to their output on the "
-                         "text", title_justify="left")
-    for column in ("rank", "weight", "role", "noise", "8 bits cost", "8-bit"):
+    ranked = Table(title=f"most sensitive weights per byte (of {len(r.ranking)}): KL from FP32 with only it at 4 bits",
+                   title_justify="left")
+    for column in ("rank", "weight", "role", "KL", "8 bits cost", "8-bit"):
         ranked.add_column(column, justify="left" if column in ("weight", "role") else "right")
     for w in r.ranking[:top]:
-        ranked.add_row(str(w.rank), escape(", ".join(w.nodes)), w.role, f"{w.noise:.2e}", human_bytes(w.extra_bytes),
+        ranked.add_row(str(w.rank), escape(", ".join(w.nodes)), w.role, f"{w.kl:.2e}", human_bytes(w.extra_bytes),
                        "yes" if w.eight_bit else "")
     out.print(ranked)
 

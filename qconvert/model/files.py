@@ -172,6 +172,13 @@ def _locations(model: Path) -> set[str]:
         return set()
 
 
+def remove_model(model: Path) -> None:
+    """Delete a model qconvert wrote and the external-data files beside it that it names."""
+    for name in _locations(model):
+        (model.parent / name).unlink(missing_ok=True)
+    model.unlink(missing_ok=True)
+
+
 def move_into_place(staged: Path, output: Path) -> int:
     """Rename a model staged (by `staging_dir`) beside `output` into place, all or nothing.
 

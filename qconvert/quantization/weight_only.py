@@ -299,31 +299,47 @@ class WeightJob:
                 readers[gn.node.input[1]] = readers.get(gn.node.input[1], 0) + 1
         return [n for n in self.plan.quantized("MatMul") if readers.get(n.weight) == 1 and not n.graph]
 
-    def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int], work: Path) -> None:
-        """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width (solved once, kept)."""
+    def rounded(self, node: WeightNode, bits: int, work: Path) -> np.ndarray:
+        """`node`'s weight as its quantized model computes with it (float32, the weight's shape): GPTQ's
+        (solved once per node and width, kept) or round-to-nearest's."""
         from onnx import numpy_helper
 
-        if self._hessians is None:
-            assert self.calibration is not None
+        config = self.config.weight_only
+        tensors = {t.name: t for g, _ in iter_scopes(self.proto.graph) for t in g.initializer}
+        weight = numpy_helper.to_array(tensors[node.weight]).astype(np.float32)
+        if node.op_type == "Gather":  # a table is quantized along its rows' width
+            blocks = table_blocks(node.cols, config.blocks) or config.blocks
+            return np.ascontiguousarray(gptq.rtn_quantize(weight.T, bits=bits, block_size=blocks,
+                                                          symmetric=config.symmetric).T)
+        matrix = weight.reshape(node.rows, node.cols)
+        if config.method is not WeightMethod.GPTQ or node.name not in {n.name for n in self._solvable()}:
+            return gptq.rtn_quantize(matrix, bits=bits, block_size=config.blocks,
+                                     symmetric=config.symmetric).reshape(weight.shape)
+        key = (node.name, bits)
+        if key not in self._solved:
+            if self._hessians is None:
+                assert self.calibration is not None
+                started = time.perf_counter()
+                self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
+                self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
+                self.calibration_seconds += time.perf_counter() - started
             started = time.perf_counter()
-            self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
-            self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
-            self.calibration_seconds = time.perf_counter() - started
+            self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
+                                                   block_size=config.blocks, symmetric=config.symmetric)
+            self.calibration_seconds += time.perf_counter() - started
+        return self._solved[key].reshape(weight.shape)
+
+    def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int], work: Path) -> None:
+        """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width."""
+        from onnx import numpy_helper
+
         tensors = {t.name: t for t in proto.graph.initializer}
         nodes = self._solvable()
         with progress.task("GPTQ", total=len(nodes)) as step:
             for n in nodes:
                 tensor = tensors[n.weight]
-                weight = numpy_helper.to_array(tensor)
-                key = (n.name, bits[n.name])
-                if key not in self._solved:
-                    started = time.perf_counter()
-                    self._solved[key] = gptq.gptq_quantize(
-                        weight.reshape(n.rows, n.cols).astype(np.float32), self._hessians[n.name].matrix,
-                        bits=key[1], block_size=self.config.weight_only.blocks,
-                        symmetric=self.config.weight_only.symmetric)
-                    self.calibration_seconds += time.perf_counter() - started
-                tensor.CopyFrom(numpy_helper.from_array(self._solved[key].reshape(weight.shape).astype(weight.dtype),
+                solved = self.rounded(n, bits[n.name], work)
+                tensor.CopyFrom(numpy_helper.from_array(solved.astype(numpy_helper.to_array(tensor).dtype),
                                                         tensor.name))
                 step()
 

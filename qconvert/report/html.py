@@ -353,13 +353,80 @@ def _quantize(q: Mapping[str, object], level: int) -> str:
               ("Op types", _table(["op type", "quantized", "candidates"], [
                   [_text(op), _text(_m(c).get("quantized")), _text(_m(c).get("candidates"))]
                   for op, c in _m(q.get("op_types")).items()])),
+              ("Weights by role", _weights(q.get("weights")) if _l(q.get("weights")) else ""),
               ("Skipped nodes", _table(["reason", "nodes"], [[_text(r), str(n)] for r, n in reasons.items()],
                                        "no node skipped")
                + (f"<details><summary>the {len(skipped)} node(s)</summary>{listed}</details>" if skipped else "")),
               ("Pre-processing", _value(_m(q.get("preprocess")).get("passes")))))
 
 
+def _language(v: Mapping[str, object], level: int) -> str:
+    """A language model compared on text: perplexity, KL, next-token and generation agreement."""
+    lm, data = _m(v.get("language")), _m(v.get("data"))
+    config = _m(lm.get("config"))
+    return _section(
+        level, f"Language model on {_text(_m(v.get('ep')).get('provider'))} {_badge(v.get('passed'))}",
+        _table(["FP32 perplexity", "perplexity", "ratio", "KL (nats/token)", "top-1 agreement",
+                "generation agreement", "identical generations", "non-finite"],
+               [[_text(lm.get("reference_perplexity")), _text(lm.get("candidate_perplexity")),
+                 _times(lm.get("perplexity_ratio")), _text(lm.get("kl_divergence")), _pct(lm.get("top1_agreement")),
+                 _pct(lm.get("generation_agreement")),
+                 f"{_text(lm.get('identical_generations'))} of {_text(lm.get('prompts'))}",
+                 _text(lm.get("non_finite_positions"))]]),
+        _grid(("Models", _kv([("FP32", _code(v.get("fp32"))), ("quantized", _code(v.get("quantized"))), (
+                  "text", f"{_text(lm.get('tokens'))} tokens scored of {_code(data.get('text') or data.get('tokens'))}"
+                          f", {_text(lm.get('windows'))} windows of {_text(config.get('context'))} (stride "
+                          f"{_text(config.get('stride'))})")])),
+              ("Gates", _gates(v.get("gates"))), ("Provider placement", _placement(v.get("placement")))))
+
+
+def _decoding(b: Mapping[str, object], level: int) -> str:
+    """Generation speed of decoders: prefill latency and decode tokens/s, interleaved."""
+    rows = [[_code(d.get("path")), _text(d.get("prefill_ms"), 4), _times(d.get("prefill_speedup")),
+             _text(d.get("decode_tokens_per_s"), 4), _times(d.get("decode_speedup")), _bytes(d.get("rss_growth_bytes"))]
+            for d in map(_m, _l(b.get("decoding")))]
+    decode = _m(_m(b.get("config")).get("decode"))
+    return _section(
+        level, f"Generation on {_text(b.get('provider'))} {_badge(b.get('passed')) if _l(b.get('gates')) else ''}",
+        f'<p class="meta">{_text(decode.get("prompt_tokens"))}-token prompt in one call, then '
+        f'{_text(decode.get("new_tokens"))} tokens one by one through the KV cache; medians of '
+        f'{_text(decode.get("rounds"))} rounds, every model in each; ratios are against the first model.</p>',
+        _table(["model", "prefill ms", "prefill speedup", "decode tokens/s", "decode speedup", "memory"], rows,
+               "no model timed"),
+        _grid(("Gates", _gates(b.get("gates")) if _l(b.get("gates")) else "")))
+
+
+def _weight_search(w: Mapping[str, object], level: int) -> str:
+    trials = [[_text(t.get("index")), _text(t.get("eight_bit")), _bytes(t.get("file_bytes")),
+               _times(t.get("perplexity_ratio")), _pct(t.get("top1_agreement")), _mark(t.get("passed"))]
+              for t in map(_m, _l(w.get("trials")))]
+    ranked = [[_text(r.get("rank")), _code(", ".join(map(str, _l(r.get("nodes"))))), _text(r.get("role")),
+               _text(r.get("kl")), _bytes(r.get("extra_bytes")), _mark(r.get("eight_bit"))]
+              for r in map(_m, _l(w.get("ranking")))]
+    return _section(
+        level, f"Weight search {_badge(w.get('met'), yes='TARGET MET', no='TARGET MISSED', other=DASH)}",
+        _table(["trial", "8-bit weights", "size", "perplexity ratio", "top-1 agreement", "met"], trials, "no trials"),
+        f"<details><summary>every weight, the most costly at 4 bits per byte of 8 bits first</summary>"
+        f"{_table(['rank', 'weight', 'role', 'KL with only it at 4 bits', '8 bits cost', '8-bit'], ranked)}</details>")
+
+
+def _weights(weights: object) -> str:
+    """Weight-only: parameters and stored bytes per role and width."""
+    rows: dict[tuple[str, str], list[int]] = {}
+    for w in map(_m, _l(weights)):
+        width = "float" if w.get("bits") is None else f"{w.get('bits')}-bit"
+        row = rows.setdefault((str(w.get("role")), width), [0, 0, 0])
+        for i, key in enumerate(("node", "params", "stored_bytes")):
+            value = w.get(key)
+            row[i] += 1 if key == "node" else value if isinstance(value, int) else 0
+    return _table(["role", "width", "nodes", "parameters", "stored"], [
+        [_esc(role), _esc(width), str(n), f"{params:,}", _bytes(stored)]
+        for (role, width), (n, params, stored) in sorted(rows.items())])
+
+
 def _validate(v: Mapping[str, object], level: int) -> str:
+    if v.get("language"):
+        return _language(v, level)
     outputs = [[_code(o.get("name")), _text(o.get("samples")), _text(o.get("mean_cosine")),
                 f"{_text(o.get('worst_cosine'))} (sample {_text(o.get('worst_sample'))})", _db(o.get("sqnr_db")),
                 _text(o.get("max_abs_error")), _text(o.get("mean_abs_error")), _pct(o.get("top1_agreement")),
@@ -378,6 +445,8 @@ def _validate(v: Mapping[str, object], level: int) -> str:
 
 
 def _benchmark(b: Mapping[str, object], level: int) -> str:
+    if _l(b.get("decoding")):
+        return _decoding(b, level)
     models, config, gates = [_m(m) for m in _l(b.get("models"))], _m(b.get("config")), _l(b.get("gates"))
     rows = [[_code(m.get("path")), _text(m.get("runs")), *(_text(m.get(k), 4) for k in (
              "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms")), _text(m.get("throughput_per_s")),
@@ -456,6 +525,7 @@ def _pipeline(p: Mapping[str, object], level: int) -> str:
     q = _m(p.get("quantize"))
     return "".join([
         _figures(p), _quantize(q, level), _search(_m(p.get("search")), level) if p.get("search") else "",
+        _weight_search(_m(p.get("weight_search")), level) if p.get("weight_search") else "",
         *(_validate(_m(v), level) for v in _l(p.get("validate"))),
         *(_benchmark(_m(b), level) for b in _l(p.get("benchmark"))),
         _analyze(_m(p.get("analyze")), level) if p.get("analyze") else "",

@@ -1,10 +1,11 @@
 """The weight-only accuracy search: the fewest weights in 8 bits that bring a 4-bit language model
 within --max-ppl-ratio (and --min-top1) of FP32 on the evaluation text.
 
-1. Every weight is ranked by the noise 4 bits add to its output on the evaluation text, relative
-   to that output: trace(ΔWᵀ H ΔW) / trace(Wᵀ H W), with H = XᵀX of its inputs on the text (for an
-   embedding, the rows the text reads, as often as it reads them). A tied embedding and lm_head
-   are one matrix and one choice.
+1. Every weight is ranked by what it alone costs at 4 bits, measured on the evaluation text: the
+   KL divergence from FP32 of the FP32 model with only that weight at its 4-bit values (GPTQ's, when
+   GPTQ is used), divided by the bytes 8 bits would add. One session serves every weight: the
+   weights are its inputs, overridden per run. A tied embedding and lm_head are one matrix and one
+   choice.
 2. Trials write the model with the top k in 8 bits, k = 0, 1, 2, 4, … (the model job reads, plans
    and solves GPTQ once), each measured on the text against FP32, until the gates are met; then k
    is bisected down to the smallest that meets them, within `max_trials`. The output is the
@@ -16,22 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from qconvert import progress
-from qconvert.calibration.text import read_tokens
+from qconvert.calibration.text import check_tokens, read_tokens
 from qconvert.config import EPConfig, Gates, LanguageConfig, QuantizeConfig, TextData
 from qconvert.errors import UsageError
-from qconvert.measurement.language import compare_language
-from qconvert.model.files import check_output_path, file_nbytes, staging_dir
+from qconvert.measurement.language import compare_language, log_softmax
+from qconvert.model.decoder import DecoderFeeds, require_decoder
+from qconvert.model.files import check_output_path, file_nbytes, remove_model, staging_dir
 from qconvert.model.loading import LoadedModel
-from qconvert.quantization.gptq import rtn_quantize
-from qconvert.quantization.weight_only import EMBEDDING, WeightJob, WeightNode, table_blocks
+from qconvert.providers import quiet_onnxruntime
+from qconvert.quantization.ranges import exposing_session
+from qconvert.quantization.weight_only import GPTQ_CONTEXT, WeightJob, WeightNode
 from qconvert.results import QuantizeResult, WeightSearchResult, WeightSensitivity, WeightTrial
 
-RANKING_WINDOWS = 8  # evaluation windows the activations for the ranking come from
-TRIAL_WINDOWS = 16  # evaluation windows each trial is measured on (unless --max-windows says fewer)
+RANKING_WINDOWS = 2  # evaluation windows each weight's effect is measured on
 
 
 def search_weights(model: LoadedModel, output: Path, calibration: TextData | None, *, config: QuantizeConfig,
@@ -49,20 +52,23 @@ def search_weights(model: LoadedModel, output: Path, calibration: TextData | Non
     check_output_path(output, inputs=(model.path,), force=force)
     job = WeightJob(model, config, calibration)
     tokens = read_tokens(text, model.path)
-    measured = replace(language, prompts=0, max_windows=min(language.max_windows or TRIAL_WINDOWS, TRIAL_WINDOWS))
+    measured = replace(language, prompts=0)  # the windows validation reads: a trial that meets, validates
     with staging_dir(output) as work:
-        ranking = _rank(job, text, work)
+        ranking = _rank(job, text, work, ep)
         order = [r.nodes for r in ranking]
         trials: list[WeightTrial] = []
+        found_windows: list[int] = []
 
         def trial(k: int) -> WeightTrial:
             chosen = tuple(name for group in order[:k] for name in group)
             staged = work / f"trial{len(trials)}-{output.name}"
             job.write(staged, eight_bit=chosen, force=True)
             found = compare_language(model.path, staged, tokens, config=measured, ep=ep)
+            found_windows[:] = [found.windows]
             met = (gates.max_ppl_ratio is None or found.perplexity_ratio <= gates.max_ppl_ratio) and (
                 gates.min_top1 is None or found.top1_agreement >= gates.min_top1)
             done = WeightTrial(len(trials), k, file_nbytes(staged), found.perplexity_ratio, found.top1_agreement, met)
+            remove_model(staged)
             trials.append(done)
             if on_trial:
                 on_trial(done)
@@ -72,7 +78,7 @@ def search_weights(model: LoadedModel, output: Path, calibration: TextData | Non
     chosen = tuple(name for group in order[:best.eight_bit] for name in group)
     result = job.write(output, eight_bit=chosen, force=force, last=True)
     ranking = [replace(r, eight_bit=r.rank <= best.eight_bit) for r in ranking]
-    return result, WeightSearchResult(trials, ranking, best.passed, measured.max_windows or 0)
+    return result, WeightSearchResult(trials, ranking, best.passed, found_windows[0] if found_windows else 0)
 
 
 def _steps(trial: Callable[[int], WeightTrial], groups: int, max_trials: int) -> WeightTrial:
@@ -99,36 +105,58 @@ def _steps(trial: Callable[[int], WeightTrial], groups: int, max_trials: int) ->
     return best or last
 
 
-def _rank(job: WeightJob, text: TextData, work: Path) -> list[WeightSensitivity]:
-    """Every 4-bit candidate ranked by its relative output noise at 4 bits on `text`, worst first."""
-    from onnx import numpy_helper
-
-    config = job.config.weight_only
-    hessians = job.hessians(text, RANKING_WINDOWS, work)
-    tensors = {t.name: t for t in job.proto.graph.initializer}
-    counts = np.bincount(read_tokens(text, job.loaded.path))
-    scores: dict[str, float] = {}
-    for n in job.plan.nodes:
-        if n.name in job.plan.excluded or n.name not in job.plan.bits or n.graph or n.weight not in tensors:
-            continue
-        weight = numpy_helper.to_array(tensors[n.weight]).astype(np.float32).reshape(n.rows, n.cols)
-        if n.op_type == "MatMul" and n.name in hessians:
-            h = hessians[n.name].matrix
-            delta = weight - rtn_quantize(weight, bits=4, block_size=config.blocks, symmetric=config.symmetric)
-            scores[n.name] = float(np.sum(delta * (h @ delta)) / max(float(np.sum(weight * (h @ weight))), 1e-30))
-        elif n.role == EMBEDDING:
-            used = np.zeros(n.rows)
-            used[:min(n.rows, counts.size)] = counts[:n.rows]
-            blocks = table_blocks(n.cols, config.blocks) or config.blocks
-            delta = weight - rtn_quantize(weight.T, bits=4, block_size=blocks, symmetric=config.symmetric).T
-            scores[n.name] = float(used @ np.sum(delta * delta, axis=1) / max(float(used @ np.sum(weight * weight,
-                                                                                                  axis=1)), 1e-30))
-    groups = _groups(job, list(scores))
-    ranked = sorted(groups, key=lambda g: -max(scores[n] for n in g))
+def _rank(job: WeightJob, text: TextData, work: Path, ep: EPConfig) -> list[WeightSensitivity]:
+    """Every 4-bit candidate ranked by what it alone costs at 4 bits, measured: the KL divergence from
+    FP32 of the FP32 model with only that weight (or tied pair) replaced by its 4-bit values, on the
+    first windows of `text`, per byte 8 bits would add. One session serves every weight: the weights
+    are graph inputs there, overridden per run."""
+    signature = require_decoder(job.loaded.proto, job.loaded.path)
+    tokens = read_tokens(text, job.loaded.path)
+    check_tokens(tokens, signature.vocab, GPTQ_CONTEXT, str(text.text or text.tokens))
+    build = DecoderFeeds.of_model(job.loaded.proto, signature, name=str(job.loaded.path))
+    feeds = [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT])
+             for i in range(min(RANKING_WINDOWS, tokens.size // GPTQ_CONTEXT))]
     by_name = {n.name: n for n in job.plan.nodes}
-    return [WeightSensitivity(tuple(g), by_name[g[0]].role if len(g) == 1 else "lm_head+embedding", rank,
-                              max(scores[n] for n in g), _extra_bytes(by_name[g[0]], config.blocks), False)
-            for rank, g in enumerate(ranked, start=1)]
+    names = [n.name for n in job.plan.nodes if n.name in job.plan.bits and not n.graph]
+    groups = _groups(job, names)
+    session = _overriding_session(job, sorted({by_name[n].weight for n in names}), work, ep)
+    logits = signature.logits
+    with quiet_onnxruntime():
+        reference = [log_softmax(session.run([logits], f)[0][0]) for f in feeds]
+        costs: list[tuple[list[str], float]] = []
+        with progress.task("ranking weights", total=len(groups)) as step:
+            for group in groups:
+                swapped = {by_name[n].weight: job.rounded(by_name[n], 4, work) for n in group}
+                kl = 0.0
+                for f, ref in zip(feeds, reference, strict=True):
+                    cand = log_softmax(session.run([logits], {**f, **swapped})[0][0])
+                    kl += float(np.mean(np.sum(np.exp(ref) * (ref - cand), axis=-1)))
+                costs.append((group, kl / len(feeds)))
+                step()
+    extra = {tuple(g): sum(_extra_bytes(by_name[n], job.config.weight_only.blocks) for n in g[:1]) for g, _ in costs}
+    ranked = sorted(costs, key=lambda c: -c[1] / max(extra[tuple(c[0])], 1))
+    return [WeightSensitivity(tuple(g), by_name[g[0]].role if len(g) == 1 else "lm_head+embedding", rank, kl,
+                              extra[tuple(g)], False) for rank, (g, kl) in enumerate(ranked, start=1)]
+
+
+def _overriding_session(job: WeightJob, weights: list[str], work: Path, ep: EPConfig) -> Any:
+    """A CPU session on the job's (float) model with `weights` also graph inputs, so a run can feed other
+    values for them."""
+    from onnx import helper
+
+    proto = job.proto
+    kept = len(proto.graph.input)
+    tensors = {t.name: t for t in proto.graph.initializer}
+    proto.graph.input.extend(helper.make_tensor_value_info(name, tensors[name].data_type, list(tensors[name].dims))
+                             for name in weights)
+    try:
+        with quiet_onnxruntime():
+            return exposing_session(proto, [], work / "weights-as-inputs.onnx", external=True,
+                                    failure="the model with its weights as inputs does not load",
+                                    hint="rank with --weight-method rtn, or give --eight-bit by hand",
+                                    threads=ep.threads)
+    finally:
+        del proto.graph.input[kept:]
 
 
 def _groups(job: WeightJob, names: list[str]) -> list[list[str]]:

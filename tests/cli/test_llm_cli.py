@@ -107,3 +107,14 @@ def test_a_search_out_of_trials_writes_the_closest_and_exits_3(tmp_path: Path) -
     code, _, err = invoke("quantize", TINY / "model.onnx", "-o", out, "--mode", "weight-only", "--text",
                           TINY / "eval.txt", "--max-ppl-ratio", "1.0001", "--max-trials", "2")
     assert code == 3 and out.is_file() and "max_ppl_ratio" in err
+
+
+def test_the_html_report_shows_the_language_model_steps(tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    code, _, err = invoke("quantize", TINY / "model.onnx", "-o", tmp_path / "model.onnx", "--mode", "weight-only",
+                          "--text", TINY / "eval.txt", "--max-ppl-ratio", "1.05", "--prompts", "1", "--benchmark",
+                          "--runs", "1", "--report", report)
+    assert code == 0, err
+    page = report.read_text()
+    for section in ("Weights by role", "Weight search", "Language model on", "Generation on", "decode tokens/s"):
+        assert section in page, section
