@@ -29,7 +29,12 @@ demo: $(STAMP)
 		--mode dynamic \
 		--validate sample_models/digits.eval.npz --labels labels --max-drop 1 \
 		--benchmark --runs 200 --report $(DEMO)/digits_transformer.report.json
-	@echo "open $(DEMO)/digits_cnn.report.html in a browser for the report with charts"
+	mkdir -p $(DEMO)/tiny_llm
+	$(BIN)/qconvert quantize sample_models/tiny_llm/model.onnx -o $(DEMO)/tiny_llm/model.onnx --force \
+		--mode weight-only --calib-text sample_models/tiny_llm/calib.txt \
+		--text sample_models/tiny_llm/eval.txt --max-ppl-ratio 1.01 \
+		--benchmark --runs 5 --report $(DEMO)/tiny_llm.report.html
+	@echo "open $(DEMO)/digits_cnn.report.html (and $(DEMO)/tiny_llm.report.html) in a browser for the reports"
 
 lint: $(STAMP)
 	$(BIN)/ruff check qconvert tests bench

@@ -405,9 +405,12 @@ def _decoding_table(r: BenchmarkResult) -> None:
                   title_justify="left")
     for column in ("model", "prefill ms", "prefill ×", "decode tokens/s", "decode ×", "memory"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for d in r.decoding:
+    names = [Path(d.path).name for d in r.decoding]
+    if len(set(names)) < len(names):  # model folders: model.onnx each
+        names = ["/".join(Path(d.path).parts[-2:]) for d in r.decoding]
+    for d, name in zip(r.decoding, names, strict=True):
         memory = "—" if d.rss_growth_bytes is None else human_bytes(d.rss_growth_bytes)
-        table.add_row(escape(Path(d.path).name), f"{d.prefill_ms:.2f}", f"{d.prefill_speedup:.2f}×",
+        table.add_row(escape(name), f"{d.prefill_ms:.2f}", f"{d.prefill_speedup:.2f}×",
                       f"{d.decode_tokens_per_s:.1f}", f"[bold]{d.decode_speedup:.2f}×[/]", memory)
     out.print(table)
     out.print("memory: resident-set growth while the model loads and runs its first round", style="dim",
