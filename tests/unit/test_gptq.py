@@ -136,12 +136,17 @@ def test_gptq_beats_rtn_on_correlated_outlier_heavy_inputs(bits: int, symmetric:
 @pytest.mark.parametrize("hessian", ["identity", "zero"])
 def test_without_correlations_gptq_is_rtn(bits: int, symmetric: bool, hessian: str) -> None:
     """H = I: no error flows between rows; H = 0 (no tokens at all): every input is dead. Same codes
-    as onnxruntime's RTN; scales within a few ulps (the asymmetric ones GPTQ settles)."""
+    as onnxruntime's RTN; scales within a few ulps (the asymmetric ones GPTQ settles). Symmetric
+    4-bit grids are clipped where that rounds closer: never further from W than RTN, still exact."""
     rng = np.random.default_rng(3)
     weight = _weights(rng, 200, 64)
     h = np.eye(200) if hessian == "identity" else np.zeros((200, 200))
     gptq = gptq_quantize(weight, h, bits=bits, block_size=32, symmetric=symmetric)
     rtn = rtn_quantize(weight, bits=bits, block_size=32, symmetric=symmetric)
+    if symmetric and bits == 4:
+        assert np.linalg.norm(gptq - weight) < 0.97 * np.linalg.norm(rtn - weight)
+        np.testing.assert_array_equal(_ort_dequantized(gptq, bits, 32, symmetric), gptq)
+        return
     np.testing.assert_allclose(gptq, rtn, rtol=1e-5, atol=0)  # 31 ulps in _weights' column 4, 8 bits
     np.testing.assert_array_equal(_ort_pack(gptq, bits, 32, symmetric)[1], _ort_pack(weight, bits, 32, symmetric)[1])
 
