@@ -87,7 +87,7 @@ VARIANTS: dict[str, WeightOnlyConfig] = {
     "int4-gptq-search": WeightOnlyConfig(method=GPTQ),  # + the search for 8-bit weights, to --max-ppl-ratio
     "int8": WeightOnlyConfig(bits=8),
 }
-SEARCH_TARGET = 1.05
+SEARCH_TARGET = 1.04  # on the calibration text, for <= 1.05 on the held-out text
 
 
 def main() -> None:

@@ -56,7 +56,8 @@ LAZY_ROWS = 128  # GPTQ's lazy batch: rows whose updates to later rows are appli
 INNER_ROWS = 16  # the same within a lazy batch; divides every block size, so block starts see current weights
 NEAR_ULPS = 4  # settled_scale tries this many ulps each side for every column first,
 FAR_ULPS = 2048  # then this many for the few columns still unsettled
-TOKENS_PER_PRODUCT = 8192  # rows of X turned to float64 at a time for XᵀX
+TOKENS_PER_PRODUCT = 8192  # rows of X per float32 product XᵀX
+FLUSH_FEEDS = 8  # feeds summed in float32 before they join the float64 sum (few adds of K² float64 each)
 
 
 def _roundf(x: np.ndarray) -> np.ndarray:
@@ -425,10 +426,18 @@ def hessians(model_path: Path, matmuls: dict[str, str], feeds: Iterable[dict[str
     return {name: found[tensor] for name, tensor in matmuls.items()}
 
 
+def _flush(sums: dict[str, np.ndarray], partial: dict[str, np.ndarray]) -> None:
+    for tensor, part in partial.items():
+        sums[tensor] += part
+        part.fill(0)
+
+
 def _accumulate(session: onnxruntime.InferenceSession, tensors: list[str], widths: dict[str, int],
                 feeds: Iterable[dict[str, np.ndarray]], description: str) -> dict[str, Hessian]:
-    """One pass over `feeds`, summing XᵀX of `tensors` in float64; one feed's outputs held at a time."""
+    """One pass over `feeds`, summing XᵀX of `tensors`: each feed's product in float32 (one SGEMM, the
+    fast kernel), the sum over feeds in float64; one feed's outputs held at a time."""
     sums = {t: np.zeros((widths[t], widths[t]), np.float64) for t in tensors}
+    partial = {t: np.zeros((widths[t], widths[t]), np.float32) for t in tensors}  # since the last flush
     tokens = dict.fromkeys(tensors, 0)
     index = -1
     with progress.task(description) as step:
@@ -446,11 +455,14 @@ def _accumulate(session: onnxruntime.InferenceSession, tensors: list[str], width
                                     f"not [..., {widths[tensor]}]", hint="check the model's shapes")
                 flat = value.reshape(-1, widths[tensor])
                 for start in range(0, flat.shape[0], TOKENS_PER_PRODUCT):
-                    chunk = flat[start:start + TOKENS_PER_PRODUCT].astype(np.float64)
-                    sums[tensor] += chunk.T @ chunk
+                    chunk = np.ascontiguousarray(flat[start:start + TOKENS_PER_PRODUCT], np.float32)
+                    partial[tensor] += chunk.T @ chunk
                 tokens[tensor] += flat.shape[0]
             del values
+            if index % FLUSH_FEEDS == FLUSH_FEEDS - 1:
+                _flush(sums, partial)
             step()
+    _flush(sums, partial)
     if index < 0:
         raise DataError("no calibration samples for the GPTQ Hessians", hint="give non-empty data")
     return {t: Hessian(sums[t], tokens[t]) for t in tensors}
