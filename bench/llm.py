@@ -154,6 +154,23 @@ def main() -> None:
         print(f"{row.label:26} {_f(row.ratio, '.4f', 'x'):>9} {_f(row.top1, '.1%'):>6} {_f(row.generation, '.0%'):>6} "
               f"{size / 2**20:9.1f} {base / size:7.2f}x {_f(row.decode, '.2f', 'x'):>7} "
               f"{_f(row.prefill, '.2f', 'x'):>8} {_f(row.seconds, '.1f', ' s'):>9}")
+    for row in rows[2:3]:  # the default int4 folder, run by onnxruntime-genai as written
+        print(f"onnxruntime-genai on {row.label}: {_genai(row.path.parent)!r}")
+
+
+def _genai(folder: Path, prompt: str = "The capital of France is") -> str:
+    """A greedy continuation by onnxruntime-genai, reading the folder qconvert wrote as it is."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=24, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokenizer.encode(prompt))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return str(tokenizer.decode(generator.get_sequence(0)))
 
 
 def _f(value: float | None, spec: str, suffix: str = "") -> str:
