@@ -146,7 +146,7 @@ def export(out: Path) -> Path:
     return out
 
 
-def _paragraphs(text: str) -> Iterator[str]:
+def paragraphs(text: str) -> Iterator[str]:
     """Blank-line separated blocks, each list item its own block, lines joined with single spaces."""
     block: list[str] = []
     for line in text.splitlines():
@@ -182,7 +182,7 @@ def sentences() -> list[str]:
     found = dict.fromkeys(
         sentence.strip()
         for text in topics.values()
-        for paragraph in _paragraphs(text)
+        for paragraph in paragraphs(text)
         for sentence in _SENTENCE_END.split(paragraph)
         if _is_prose(sentence.strip())
     )

@@ -65,7 +65,6 @@ TOLERANCE = 1e-3  # max |logit difference| onnxruntime vs torch, FP32 build
 SPLITS = ("calib", "eval")
 _CHECK_PROMPT = "The capital of France is"
 
-_LIST_MARKER = re.compile(r"^(?:[*-]|\d+\.|\(\d+\))\s+")
 _CODE_MARKS = re.compile(r"::=|>>>|\.\.\.|[{}=<>|\\]|__|\+--")
 _MIN_WORDS = 8
 _MIN_LETTER_SHARE = 0.85
@@ -225,19 +224,10 @@ def empty_cache_feeds(session: ort.InferenceSession, input_ids: np.ndarray) -> d
 
 
 def _paragraphs(text: str) -> Iterator[str]:
-    """Blank-line separated blocks, each list item its own block, whitespace collapsed to single spaces."""
-    block: list[str] = []
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or _LIST_MARKER.match(stripped):
-            if block:
-                yield " ".join(" ".join(block).split())
-            block = []
-            stripped = _LIST_MARKER.sub("", stripped)
-        if stripped:
-            block.append(stripped)
-    if block:
-        yield " ".join(" ".join(block).split())
+    """bench/minilm.py's paragraphs, whitespace inside them collapsed to single spaces."""
+    import minilm
+
+    return (" ".join(p.split()) for p in minilm.paragraphs(text))
 
 
 def _is_prose(paragraph: str) -> bool:
