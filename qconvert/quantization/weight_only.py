@@ -277,14 +277,19 @@ class WeightJob:
         self._hessians: dict[str, gptq.Hessian] | None = None
         self._solved: dict[tuple[str, int], np.ndarray] = {}
 
-    def hessians(self, text: TextData, windows: int, work: Path) -> dict[str, gptq.Hessian]:
-        """XᵀX of every quantized MatMul's input over `windows` windows of `text` (FP32 activations)."""
+    def text_feeds(self, text: TextData, windows: int) -> list[dict[str, np.ndarray]]:
+        """The model's inputs for at most `windows` consecutive windows of GPTQ_CONTEXT tokens of `text`,
+        each from an empty cache."""
         signature = require_decoder(self.loaded.proto, self.loaded.path)
         tokens = read_tokens(text, self.loaded.path)
         check_tokens(tokens, signature.vocab, GPTQ_CONTEXT, str(text.text or text.tokens))
-        count = min(windows, tokens.size // GPTQ_CONTEXT)
         build = DecoderFeeds.of_model(self.loaded.proto, signature, name=str(self.loaded.path))
-        feeds = [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT]) for i in range(count)]
+        return [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT])
+                for i in range(min(windows, tokens.size // GPTQ_CONTEXT))]
+
+    def hessians(self, text: TextData, windows: int, work: Path) -> dict[str, gptq.Hessian]:
+        """XᵀX of every quantized MatMul's input over `windows` windows of `text` (FP32 activations)."""
+        feeds = self.text_feeds(text, windows)
         inputs = {gn.node.name: gn.node.input[0] for gn in iter_nodes(self.proto.graph) if gn.node.op_type == "MatMul"}
         with progress.task("activations", total=None), quiet_onnxruntime():
             return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self._solvable()}, feeds,

@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 
 from qconvert import progress
-from qconvert.calibration.text import check_tokens, read_tokens
+from qconvert.calibration.text import read_tokens
 from qconvert.config import EPConfig, Gates, LanguageConfig, QuantizeConfig, TextData
 from qconvert.errors import UsageError
 from qconvert.measurement.language import compare_language, log_softmax
-from qconvert.model.decoder import DecoderFeeds, require_decoder
+from qconvert.model.decoder import require_decoder
 from qconvert.model.files import check_output_path, file_nbytes, remove_model, staging_dir
 from qconvert.model.loading import LoadedModel
 from qconvert.providers import quiet_onnxruntime
 from qconvert.quantization.ranges import exposing_session
-from qconvert.quantization.weight_only import GPTQ_CONTEXT, WeightJob, WeightNode
+from qconvert.quantization.weight_only import WeightJob, WeightNode
 from qconvert.results import QuantizeResult, WeightSearchResult, WeightSensitivity, WeightTrial
 
 RANKING_WINDOWS = 2  # evaluation windows each weight's effect is measured on
@@ -111,11 +111,7 @@ def _rank(job: WeightJob, text: TextData, work: Path, ep: EPConfig) -> list[Weig
     first windows of `text`, per byte 8 bits would add. One session serves every weight: the weights
     are graph inputs there, overridden per run."""
     signature = require_decoder(job.loaded.proto, job.loaded.path)
-    tokens = read_tokens(text, job.loaded.path)
-    check_tokens(tokens, signature.vocab, GPTQ_CONTEXT, str(text.text or text.tokens))
-    build = DecoderFeeds.of_model(job.loaded.proto, signature, name=str(job.loaded.path))
-    feeds = [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT])
-             for i in range(min(RANKING_WINDOWS, tokens.size // GPTQ_CONTEXT))]
+    feeds = job.text_feeds(text, RANKING_WINDOWS)
     by_name = {n.name: n for n in job.plan.nodes}
     names = [n.name for n in job.plan.nodes if n.name in job.plan.bits and not n.graph]
     groups = _groups(job, names)
