@@ -210,18 +210,26 @@ def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig) -> WeightPlan
         reason = _float_reason(n, quantize, config)
         if reason:
             excluded[n.name] = reason
-    bits = {n.name: 8 if config.bits == 8 or any(fnmatch.fnmatchcase(n.name, p) for p in config.eight_bit) else 4
-            for n in nodes if n.name not in excluded}
     tied: dict[str, str] = {}
     for gather in (n for n in nodes if n.role == EMBEDDING):
         for head in (n for n in nodes if n.role == LM_HEAD and (n.rows, n.cols) == (gather.cols, gather.rows)):
             if np.array_equal(numpy_helper.to_array(tensors[head.weight]),
                               numpy_helper.to_array(tensors[gather.weight]).T):
                 tied[gather.name] = head.name
-                if head.name in bits and gather.name in bits:  # one matrix, one width: the Gather reads the head's
-                    bits[gather.name] = bits[head.name]
                 break
-    return WeightPlan(tuple(nodes), excluded, bits, tied)
+    return WeightPlan(tuple(nodes), excluded, widths(nodes, excluded, tied, config.bits, config.eight_bit), tied)
+
+
+def widths(nodes: tuple[WeightNode, ...] | list[WeightNode], excluded: dict[str, str], tied: dict[str, str],
+           bits: int, eight_bit: tuple[str, ...]) -> dict[str, int]:
+    """The bits of each weight not kept float: 8 for an int8 model or a name matching `eight_bit`, else 4;
+    a tied embedding takes its lm_head's (one matrix, one width: the Gather reads the head's blocks)."""
+    found = {n.name: 8 if bits == 8 or any(fnmatch.fnmatchcase(n.name, p) for p in eight_bit) else 4
+             for n in nodes if n.name not in excluded}
+    for gather, head in tied.items():
+        if head in found and gather in found:
+            found[gather] = found[head]
+    return found
 
 
 def _float_reason(n: WeightNode, quantize: QuantizeConfig, config: WeightOnlyConfig) -> str | None:
@@ -276,6 +284,8 @@ class WeightJob:
         self.calibration_seconds, self.samples = 0.0, 0
         self._hessians: dict[str, gptq.Hessian] | None = None
         self._solved: dict[tuple[str, int], np.ndarray] = {}
+        self._tensors = {t.name: t for g, _ in iter_scopes(self.proto.graph) for t in g.initializer}
+        self.solvable = self._solvable()
 
     def text_feeds(self, text: TextData, windows: int) -> list[dict[str, np.ndarray]]:
         """The model's inputs for at most `windows` consecutive windows of GPTQ_CONTEXT tokens of `text`,
@@ -292,7 +302,7 @@ class WeightJob:
         feeds = self.text_feeds(text, windows)
         inputs = {gn.node.name: gn.node.input[0] for gn in iter_nodes(self.proto.graph) if gn.node.op_type == "MatMul"}
         with progress.task("activations", total=None), quiet_onnxruntime():
-            return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self._solvable()}, feeds,
+            return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self.solvable}, feeds,
                                  work=work)
 
     def _solvable(self) -> list[WeightNode]:
@@ -310,42 +320,42 @@ class WeightJob:
         from onnx import numpy_helper
 
         config = self.config.weight_only
-        tensors = {t.name: t for g, _ in iter_scopes(self.proto.graph) for t in g.initializer}
-        weight = numpy_helper.to_array(tensors[node.weight]).astype(np.float32)
+        key = (node.name, bits)
+        if key in self._solved:
+            return self._solved[key]
+        weight = numpy_helper.to_array(self._tensors[node.weight]).astype(np.float32)
         if node.op_type == "Gather":  # a table is quantized along its rows' width
             blocks = table_blocks(node.cols, config.blocks) or config.blocks
             return np.ascontiguousarray(gptq.rtn_quantize(weight.T, bits=bits, block_size=blocks,
                                                           symmetric=config.symmetric).T)
         matrix = weight.reshape(node.rows, node.cols)
-        if config.method is not WeightMethod.GPTQ or node.name not in {n.name for n in self._solvable()}:
+        if config.method is not WeightMethod.GPTQ or node not in self.solvable:
             return gptq.rtn_quantize(matrix, bits=bits, block_size=config.blocks,
                                      symmetric=config.symmetric).reshape(weight.shape)
-        key = (node.name, bits)
-        if key not in self._solved:
-            if self._hessians is None:
-                assert self.calibration is not None
-                started = time.perf_counter()
-                self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
-                self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
-                self.calibration_seconds += time.perf_counter() - started
+        if self._hessians is None:
+            assert self.calibration is not None
             started = time.perf_counter()
-            self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
-                                                   block_size=config.blocks, symmetric=config.symmetric)
+            self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
+            self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
             self.calibration_seconds += time.perf_counter() - started
-        return self._solved[key].reshape(weight.shape)
+        started = time.perf_counter()
+        self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
+                                               block_size=config.blocks, symmetric=config.symmetric
+                                               ).reshape(weight.shape)
+        self.calibration_seconds += time.perf_counter() - started
+        return self._solved[key]
 
     def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int], work: Path) -> None:
         """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width."""
-        from onnx import numpy_helper
+        from onnx import helper, numpy_helper
 
         tensors = {t.name: t for t in proto.graph.initializer}
-        nodes = self._solvable()
-        with progress.task("GPTQ", total=len(nodes)) as step:
-            for n in nodes:
+        with progress.task("GPTQ", total=len(self.solvable)) as step:
+            for n in self.solvable:
                 tensor = tensors[n.weight]
                 solved = self.rounded(n, bits[n.name], work)
-                tensor.CopyFrom(numpy_helper.from_array(solved.astype(numpy_helper.to_array(tensor).dtype),
-                                                        tensor.name))
+                dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+                tensor.CopyFrom(numpy_helper.from_array(solved.astype(dtype), tensor.name))
                 step()
 
     def write(self, output: str | Path, *, eight_bit: tuple[str, ...] | None = None, force: bool = False,
@@ -360,7 +370,8 @@ class WeightJob:
         check_output_path(out, inputs=(self.loaded.path,), force=force)
         config = self.config if eight_bit is None else replace(
             self.config, weight_only=replace(self.config.weight_only, eight_bit=eight_bit))
-        the_plan = plan_weights(self.proto, config) if eight_bit is not None else self.plan
+        the_plan = self.plan if eight_bit is None else replace(self.plan, bits=widths(
+            self.plan.nodes, self.plan.excluded, self.plan.tied, config.weight_only.bits, eight_bit))
         proto = self.proto
         if not last:
             proto = onnx.ModelProto()
