@@ -18,6 +18,8 @@ if TYPE_CHECKING:
         CalibrationMethod,
         DataConfig,
         EPConfig,
+        FloatConfig,
+        FloatType,
         Gates,
         Layout,
         Mode,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         AnalyzeResult,
         BatchResult,
         BenchmarkResult,
+        ConvertResult,
         InspectResult,
         PipelineResult,
         QuantizeResult,
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
         ValidateResult,
     )
     from qconvert.workflows.batch import run_batch
+    from qconvert.workflows.conversion import convert
     from qconvert.workflows.pipeline import run_job
     from qconvert.workflows.search import search_quantize
 
@@ -61,6 +65,8 @@ _EXPORTS = {  # public name: the module that defines it, imported on first use
     "CalibrationMethod": "qconvert.config",
     "DataConfig": "qconvert.config",
     "EPConfig": "qconvert.config",
+    "FloatConfig": "qconvert.config",
+    "FloatType": "qconvert.config",
     "Gates": "qconvert.config",
     "Layout": "qconvert.config",
     "Mode": "qconvert.config",
@@ -89,12 +95,14 @@ _EXPORTS = {  # public name: the module that defines it, imported on first use
     "AnalyzeResult": "qconvert.results",
     "BatchResult": "qconvert.results",
     "BenchmarkResult": "qconvert.results",
+    "ConvertResult": "qconvert.results",
     "InspectResult": "qconvert.results",
     "PipelineResult": "qconvert.results",
     "QuantizeResult": "qconvert.results",
     "SearchResult": "qconvert.results",
     "ValidateResult": "qconvert.results",
     "run_batch": "qconvert.workflows.batch",
+    "convert": "qconvert.workflows.conversion",
     "run_job": "qconvert.workflows.pipeline",
     "search_quantize": "qconvert.workflows.search",
 }
@@ -108,9 +116,12 @@ __all__ = [
     "BenchmarkResult",
     "CalibrationData",
     "CalibrationMethod",
+    "ConvertResult",
     "DataConfig",
     "EPConfig",
     "ExitCode",
+    "FloatConfig",
+    "FloatType",
     "Gates",
     "InspectResult",
     "Layout",
@@ -132,6 +143,7 @@ __all__ = [
     "analyze",
     "batch_feeds",
     "benchmark",
+    "convert",
     "describe",
     "expand",
     "input_specs",

@@ -30,6 +30,7 @@ class Mode(StrEnum):
     STATIC = "static"
     DYNAMIC = "dynamic"
     WEIGHT_ONLY = "weight-only"  # block-wise 4/8-bit weights, float activations (language models)
+    QAT = "qat"  # a QAT export's float weights behind Q/DQ stored as integers, with the trained scales
 
 
 class ActivationType(StrEnum):
@@ -141,6 +142,46 @@ class WeightOnlyConfig:
                 "method": self.method.value,
                 "accuracy_level": self.accuracy_level, "form": self.form.value, "embeddings": self.embeddings,
                 "eight_bit": list(self.eight_bit)}
+
+
+class FloatType(StrEnum):
+    """The 16-bit float type `convert` writes."""
+
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+FP16_MAX = 65504.0  # the largest finite float16
+FP16_TINY = 2.0 ** -14  # the smallest normal float16: below it, values lose bits, then flush to zero
+# Activations beyond this on the calibration data keep their nodes in float32: float16 ends at 65504,
+# and the 16x headroom covers inputs past the calibration set and the sums inside the node.
+ACTIVATION_LIMIT = FP16_MAX / 16
+
+
+@dataclass(frozen=True)
+class FloatConfig:
+    """How `convert` writes a model in 16-bit floats (`to`), and what stays float32.
+
+    `io_float32` keeps float32 inputs and outputs with casts inside (a drop-in replacement);
+    `keep_float` holds node-name globs and op types kept in float32 by hand; `provider` names the
+    execution provider the model is for: nodes whose op has no 16-bit kernel there stay float32.
+    `activation_limit` applies to float16 with calibration data (bfloat16 has float32's range)."""
+
+    to: FloatType = FloatType.FP16
+    io_float32: bool = True
+    keep_float: tuple[str, ...] = ()
+    provider: str | None = None
+    activation_limit: float = ACTIVATION_LIMIT
+
+    def __post_init__(self) -> None:
+        if not 0 < self.activation_limit <= FP16_MAX:
+            raise UsageError(f"--max-activation must be in (0, {FP16_MAX:g}], got {self.activation_limit:g}",
+                             hint=f"the default, {ACTIVATION_LIMIT:g}, leaves float16 16x headroom")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"to": self.to.value, "io_types": "fp32" if self.io_float32 else self.to.value,
+                "keep_float": list(self.keep_float), "provider": self.provider,
+                "activation_limit": self.activation_limit}
 
 
 class Layout(StrEnum):

@@ -23,11 +23,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qconvert.config import CPU, EPConfig, alias
 from qconvert.errors import EnvironmentFailure, ModelError, first_line
+from qconvert.model.graph import iter_graphs, typed_names
 from qconvert.results import Placement, onnxruntime_distribution
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @contextlib.contextmanager
@@ -206,6 +210,56 @@ def resolve(provider: str) -> ProviderInfo:
              "`qconvert providers` lists what is installed")
 
 
+@functools.cache
+def typed_kernels(provider: str, element: str) -> frozenset[tuple[str, str]] | None:
+    """(domain, op type) of every kernel this onnxruntime build registers for `provider` (full name)
+    that takes `element` tensors (`float16`, `bfloat16`); None when it registers no kernel at all
+    for the provider (one compiled as a whole graph, such as OpenVINO's, or one not built in)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as native
+
+    kernels = [k for k in native.get_all_opkernel_def() if k.provider == provider]
+    if not kernels:
+        return None
+    wanted = f"tensor({element})"
+    return frozenset((k.domain or "", k.op_name) for k in kernels
+                     if any(wanted in types for types in k.type_constraints.values()))
+
+
+def has_kernel(node: onnx.NodeProto, kernels: frozenset[tuple[str, str]]) -> bool:
+    """Whether a provider with these 16-bit `kernels` runs `node` without casts (Casts and Constants need none)."""
+    return node.op_type in ("Cast", "Constant") or (
+        "" if node.domain == "ai.onnx" else node.domain, node.op_type) in kernels
+
+
+def cpu_casts(model: onnx.ModelProto, element: str = "float16") -> tuple[int, int]:
+    """For a typed model: how many nodes read or write `element` tensors, and how many of those
+    onnxruntime's CPU provider has no `element` kernel for (it runs them in float32, between casts)."""
+    import onnx
+
+    kernels = typed_kernels(CPU, element) or frozenset()
+    wanted = onnx.TensorProto.BFLOAT16 if element == "bfloat16" else onnx.TensorProto.FLOAT16
+    nodes = casted = 0
+    for graph, _ in iter_graphs(model.graph):
+        typed = typed_names(graph, wanted)
+        for node in graph.node:
+            if node.op_type not in ("Cast", "Constant") and any(t in typed for t in (*node.input, *node.output)):
+                nodes += 1
+                casted += not has_kernel(node, kernels)
+    return nodes, casted
+
+
+def _is_bfloat16(model: Path) -> bool:
+    """Whether the model computes in bfloat16: one of its inputs, outputs or weights is bfloat16."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable: onnxruntime's own error says more
+        return False
+    bf16 = onnx.TensorProto.BFLOAT16
+    return any(typed_names(graph, bf16) for graph, _ in iter_graphs(proto.graph))
+
+
 def create_session(model: str | Path, ep: EPConfig) -> Any:
     """An onnxruntime session on `ep`, with every node the provider cannot take on the CPU
     provider, recording which provider took which node (see `placement`)."""
@@ -231,6 +285,11 @@ def create_session(model: str | Path, ep: EPConfig) -> Any:
     except Exception as exc:
         if not Path(model).is_file():
             raise ModelError(f"{model} does not exist", hint="check the path") from exc
+        if info.name == CPU and _is_bfloat16(Path(model)):
+            raise ModelError(f"{model} is a bfloat16 model, and onnxruntime's CPU provider has no bfloat16 kernels "
+                             f"for its ops ({first_line(exc)})",
+                             hint="run it on a provider that has them (--ep cuda, …); on the CPU, check the "
+                                  "float16 form (qconvert convert --to fp16)") from exc
         where = f"{info.name} with options {provider_options}" if provider_options else info.name
         raise ModelError(f"{model} cannot be loaded on {where}: {first_line(exc)}",
                          hint="check the model with `qconvert inspect` and the --ep-option values") from exc
@@ -247,6 +306,16 @@ def cpu_session(model: str | Path | bytes, *, threads: int = 0) -> Any:
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=[CPU])
+
+
+def check_loads(model: Path, *, failure: str, hint: str) -> None:
+    """Refuse to ship a model onnxruntime's CPU provider cannot load: a ModelError "`failure`:
+    <onnxruntime's first line>" with `hint`."""
+    try:
+        with quiet_onnxruntime():
+            cpu_session(model)
+    except Exception as exc:
+        raise ModelError(f"{failure}: {first_line(exc)}", hint=hint) from exc
 
 
 def placement(session: Any, provider: ProviderInfo) -> Placement | None:

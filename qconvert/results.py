@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +91,7 @@ class InspectResult:
     decoder: dict[str, object] | None = None  # a language-model decoder's signature (model.decoder)
     bytes_by_role: dict[str, int] | None = None  # decoders: embedding / lm_head / block / other bytes
     slow_nodes: dict[str, int] = field(default_factory=dict)  # MatMulNBits on the slow CPU path, by reason
+    qat: dict[str, object] | None = None  # a QAT export: float weights behind Q/DQ (quantization.qat)
 
     @property
     def nodes(self) -> int:
@@ -117,7 +117,7 @@ class InspectResult:
             "external_data": self.external_data, "file_bytes": self.file_bytes,
             "quantized": self.quantized_format, "quantization_nodes": self.quantization,
             "candidates": self.candidates, "decoder": self.decoder, "bytes_by_role": self.bytes_by_role,
-            "slow_nodes": self.slow_nodes,
+            "slow_nodes": self.slow_nodes, "qat": self.qat,
         }
 
 
@@ -191,9 +191,6 @@ class QuantizeResult:
     def smoke_run(self) -> bool:
         return bool(self.data and self.data.get("synthetic"))
 
-    def skip_reasons(self) -> Counter[str]:
-        return Counter(s.reason for s in self.skipped)
-
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "quantize",
@@ -213,6 +210,52 @@ class QuantizeResult:
             "preprocess": self.preprocess, "check": self.check.to_dict() if self.check else None,
             "config": self.config, "warnings": list(self.warnings), "versions": self.versions,
             "weights": [w.to_dict() for w in self.weights], "copied": list(self.copied),
+        }
+
+
+@dataclass
+class ConvertResult:
+    """A model written in 16-bit floats (`convert`): what stayed float32 and why, and what it cost."""
+
+    input_path: str
+    output_path: str
+    config: dict[str, object]
+    data: dict[str, object] | None
+    calibration_samples: int  # 0: no activation range was checked
+    float_nodes: int  # nodes that read or write float32 tensors
+    kept: list[SkippedNode]  # of those, the ones left in float32, each with its reason
+    bytes_before: int
+    bytes_after: int
+    opset_before: int
+    opset_after: int
+    seconds: float
+    cpu_casts: int  # converted nodes onnxruntime's CPU provider has no 16-bit kernel for: they run through casts
+    check: QuickCheck | None = None  # against FP32 on a few calibration samples
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def converted_nodes(self) -> int:
+        return self.float_nodes - len(self.kept)
+
+    @property
+    def size_ratio(self) -> float:
+        return self.bytes_before / self.bytes_after if self.bytes_after else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "schema_version": SCHEMA_VERSION, "command": "convert", "input": self.input_path,
+            "output": self.output_path, "to": self.config["to"],
+            "nodes": {"float": self.float_nodes, "converted": self.converted_nodes, "kept_float32": len(self.kept),
+                      "cpu_casts": self.cpu_casts},
+            "kept": [s.to_dict() for s in self.kept],
+            "range_checked": bool(self.calibration_samples),
+            "calibration": {**(self.data or {}), "samples": self.calibration_samples} if self.data else None,
+            "size": {"before_bytes": self.bytes_before, "after_bytes": self.bytes_after,
+                     "ratio": round(self.size_ratio, 3)},
+            "opset": {"before": self.opset_before, "after": self.opset_after},
+            "time_seconds": round(self.seconds, 3), "check": self.check.to_dict() if self.check else None,
+            "config": self.config, "warnings": list(self.warnings), "versions": self.versions,
         }
 
 
@@ -380,13 +423,14 @@ class BenchmarkResult(Gated):
     gates: list[Gate]
     inputs: str | None = None  # what the runs were fed, when the benchmark read the data itself
     decoding: list[DecodeTiming] = field(default_factory=list)  # language models (config.decode)
+    warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "schema_version": SCHEMA_VERSION, "command": "benchmark", "provider": self.provider,
             "config": self.config.to_dict(), "inputs": self.inputs, "models": [m.to_dict() for m in self.models],
-            "decoding": [d.to_dict() for d in self.decoding],
+            "decoding": [d.to_dict() for d in self.decoding], "warnings": list(self.warnings),
             "fell_back_to_cpu": [m.path for m in self.models if m.placement and m.placement.all_on_cpu],
             "gates": [g.to_dict() for g in self.gates], "passed": self.passed, "versions": self.versions,
         }

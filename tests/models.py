@@ -575,3 +575,69 @@ def shared_input_matmuls(seed: int = 0) -> onnx.ModelProto:
     return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 4]),
                    helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "seq", 8])], inits)
+
+
+def overflowing_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul → Mul by 4e4 → Clip at 0 → Reshape → Div by 4e4 → MatMul: the middle activations reach
+    ~1e5 (beyond float16's 65504) while the input, the weights and the output are ordinary, as in a
+    model whose internal scaling float16 cannot hold. Clip (a ReLU) and Reshape have float16 kernels
+    in onnxruntime's CPU provider, so there too the float16 model breaks (its casts saturate at
+    65504; a GPU computes inf)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(_weights(rng, 16, 16) * 4, "w1"),
+        numpy_helper.from_array(np.array(4e4, np.float32), "up"),
+        numpy_helper.from_array(np.array(4e4, np.float32), "down"),
+        numpy_helper.from_array(_weights(rng, 16, 4), "w2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.array([-1, 16], np.int64), "rows"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Mul", ["h", "up"], ["big"], name="scale_up"),
+        helper.make_node("Clip", ["big", "zero"], ["clipped"], name="relu"),
+        helper.make_node("Reshape", ["clipped", "rows"], ["big_relu"], name="rows"),
+        helper.make_node("Div", ["big_relu", "down"], ["small"], name="scale_down"),
+        helper.make_node("MatMul", ["small", "w2"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def qat_mlp(seed: int = 0) -> onnx.ModelProto:
+    """A QAT export's layout on a small MLP: uint8 activation Q/DQ on the input and the hidden layer;
+    each float weight behind QuantizeLinear → DequantizeLinear, int8 per output channel (axis 1 for
+    MatMul's [K, N]), its zero point reached through an Identity (as torch's exporter shares them),
+    with a few weights beyond the grid (saturated) and some exactly on a rounding tie."""
+    rng = np.random.default_rng(seed)
+    w1, w2 = _weights(rng, 16, 32), _weights(rng, 32, 4)
+    s1 = (np.abs(w1).max(axis=0) / 127.5).astype(np.float32)  # torch's scale: beyond-range weights exist
+    w1[0, :4] = (np.array([2.5, -3.5, 0.5, -127.5]) * s1[:4]).astype(np.float32)  # ties, as far as float32 goes
+    s2 = (np.abs(w2).max(axis=0) / 127.0).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(s1, "w1_scale"),
+        numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(s2, "w2_scale"),
+        numpy_helper.from_array(np.zeros(32, np.int8), "zp32"), numpy_helper.from_array(np.zeros(4, np.int8), "zp4"),
+        numpy_helper.from_array(np.array(0.02, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "x_zp"),
+        numpy_helper.from_array(np.array(0.05, np.float32), "h_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "h_zp"),
+        numpy_helper.from_array(np.zeros(32, np.float32), "b1"),
+    ]
+    nodes = [
+        helper.make_node("Identity", ["zp32"], ["zp32_shared"], name="zp_identity"),
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"], name="x_q"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"], name="x_dq"),
+        helper.make_node("QuantizeLinear", ["w1", "w1_scale", "zp32_shared"], ["w1q"], name="w1_q", axis=1),
+        helper.make_node("DequantizeLinear", ["w1q", "w1_scale", "zp32_shared"], ["w1d"], name="w1_dq", axis=1),
+        helper.make_node("MatMul", ["xd", "w1d"], ["h0"], name="fc1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
+        helper.make_node("Relu", ["h1"], ["h"], name="relu"),
+        helper.make_node("QuantizeLinear", ["h", "h_scale", "h_zp"], ["hq"], name="h_q"),
+        helper.make_node("DequantizeLinear", ["hq", "h_scale", "h_zp"], ["hd"], name="h_dq"),
+        helper.make_node("QuantizeLinear", ["w2", "w2_scale", "zp4"], ["w2q"], name="w2_q", axis=1),
+        helper.make_node("DequantizeLinear", ["w2q", "w2_scale", "zp4"], ["w2d"], name="w2_dq", axis=1),
+        helper.make_node("MatMul", ["hd", "w2d"], ["y"], name="fc2"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)

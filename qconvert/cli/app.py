@@ -158,6 +158,7 @@ def main() -> None:
 # Importing the command modules registers them on `app`.
 from qconvert.cli import analyze_cmd as _analyze_cmd  # noqa: E402,F401
 from qconvert.cli import benchmark_cmd as _benchmark_cmd  # noqa: E402,F401
+from qconvert.cli import convert_cmd as _convert_cmd  # noqa: E402,F401
 from qconvert.cli import inspect_cmd as _inspect_cmd  # noqa: E402,F401
 from qconvert.cli import providers_cmd as _providers_cmd  # noqa: E402,F401
 from qconvert.cli import quantize_cmd as _quantize_cmd  # noqa: E402,F401

@@ -75,8 +75,10 @@ def quantize(
         "--preset", help=f"Start from a named configuration ({', '.join(PRESETS)}); repeatable: a target then a "
                          "family. Options given explicitly override it.", show_default=False)] = None,
     mode: Annotated[Mode | None, typer.Option(
-        help="static (QDQ, needs --calib), dynamic, or weight-only (block-wise 4/8-bit MatMul and embedding "
-             "weights, float activations: language models); default: static with --calib, else dynamic.",
+        help="static (QDQ, needs --calib), dynamic, weight-only (block-wise 4/8-bit MatMul and embedding "
+             "weights, float activations: language models), or qat (a QAT export's float weights stored as "
+             "integers with the trained scales); default: qat for a QAT export, else static with --calib, "
+             "else dynamic.",
         show_default=False)] = None,
     activations: Annotated[ActivationType, typer.Option(help="Activation type (static mode).")] = ActivationType.UINT8,
     weights: Annotated[WeightType, typer.Option(

@@ -27,10 +27,12 @@ from qconvert.results import (
     SCHEMA_VERSION,
     AnalyzeResult,
     BenchmarkResult,
+    ConvertResult,
     Gate,
     InspectResult,
     LanguageComparison,
     QuantizeResult,
+    SkippedNode,
     ValidateResult,
     human_bytes,
     number,
@@ -197,6 +199,12 @@ def inspect_result(r: InspectResult) -> None:
               highlight=False)
     fmt = r.quantized_format
     out.print(f"already quantized: {'[yellow]yes (' + fmt + ')[/]' if fmt else 'no'}", highlight=False)
+    if r.qat is not None:
+        q = r.qat
+        bits = "/".join(str(b) for b in q["bits"]) or "?"  # type: ignore[attr-defined]
+        out.print(f"QAT export: {q['float_weights']} weights stored float behind Q/DQ ({bits}-bit, {q['foldable']} "
+                  f"foldable), {q['activation_pairs']} activation Q/DQ pairs: `qconvert quantize` folds them with the "
+                  "trained scales", highlight=False)
     if r.decoder is not None:
         d = r.decoder
         cache = (f"KV cache of {d['num_layers']} layers, {d['kv_heads']} KV heads of {d['head_size']}"
@@ -223,16 +231,7 @@ def quantize_result(r: QuantizeResult) -> None:
         table.add_row(escape(op), str(c.quantized), str(c.candidates))
     out.print(table)
     if r.skipped:
-        reasons = Table(title=f"{len(r.skipped)} candidate nodes left in float", title_justify="left")
-        reasons.add_column("reason")
-        reasons.add_column("nodes", justify="right")
-        reasons.add_column("examples")
-        for reason, n in r.skip_reasons().most_common():
-            names = [s.name for s in r.skipped if s.reason == reason]
-            shown = names[:3]
-            more = " …" if len(names) > len(shown) else ""
-            reasons.add_row(escape(reason), str(n), escape(", ".join(shown) + more))
-        out.print(reasons)
+        _reasons_table(f"{len(r.skipped)} candidate nodes left in float", r.skipped)
     if r.weights:
         _weight_table(r)
     out.print(f"size: {human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} "
@@ -248,8 +247,45 @@ def quantize_result(r: QuantizeResult) -> None:
     if r.mode is Mode.WEIGHT_ONLY:  # the static/dynamic options do not apply
         cfg = {"mode": r.mode.value, **(cfg.get("weight_only") or {}),  # type: ignore[dict-item]
                "exclude_nodes": cfg.get("exclude_nodes")}
+    elif r.mode is Mode.QAT:  # nothing is calibrated or chosen: training chose it
+        cfg = {"mode": r.mode.value, "fixed_shapes": cfg.get("fixed_shapes") or None}
     out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
               highlight=False)
+    warnings(r.warnings)
+
+
+def _reasons_table(title: str, nodes: list[SkippedNode]) -> None:
+    """Nodes grouped by reason, with a few names each."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("reason")
+    table.add_column("nodes", justify="right")
+    table.add_column("examples")
+    for reason, n in Counter(s.reason for s in nodes).most_common():
+        names = [s.name for s in nodes if s.reason == reason]
+        more = " …" if len(names) > 3 else ""
+        table.add_row(escape(reason), str(n), escape(", ".join(names[:3]) + more))
+    out.print(table)
+
+
+def convert_result(r: ConvertResult) -> None:
+    out.print(f"[bold]{escape(r.input_path)}[/] → [bold]{escape(r.output_path)}[/]", highlight=False)
+    to = str(r.config["to"])
+    out.print(f"{r.converted_nodes} of {r.float_nodes} float nodes in [bold]{to}[/], {len(r.kept)} kept in float32 · "
+              f"inputs and outputs {r.config['io_types']}", highlight=False)
+    if r.kept:
+        _reasons_table(f"{len(r.kept)} nodes kept in float32", r.kept)
+    ranges = (f"activation ranges checked on {r.calibration_samples} samples" if r.calibration_samples
+              else "no activation range checked")
+    out.print(f"size: {human_bytes(r.bytes_before)} → {human_bytes(r.bytes_after)} ([bold]{r.size_ratio:.2f}×[/] "
+              f"smaller) · opset {r.opset_before}" + (f" → {r.opset_after}" if r.opset_after != r.opset_before else "")
+              + f" · {ranges} · {r.seconds:.2f} s", highlight=False)
+    if r.check is not None:
+        out.print(f"check: worst cosine to FP32 {_fmt(r.check.worst_cosine, '.6f')} ({escape(r.check.output)}) on "
+                  f"{r.check.samples} calibration samples", highlight=False)
+    if r.cpu_casts:
+        out.print(f"[yellow]CPU provider:[/] {r.cpu_casts} of {r.converted_nodes} converted nodes have no {to} kernel "
+                  "there and run in float32 between inserted casts: expect it no faster than FP32 on the CPU",
+                  highlight=False)
     warnings(r.warnings)
 
 
@@ -396,6 +432,7 @@ def benchmark_result(r: BenchmarkResult, *, as_json: bool) -> None:
         out.print(table)
         gates(r.gates)
     fallback_warnings([(m.path, m.placement) for m in r.models])
+    warnings(r.warnings)
 
 
 def _decoding_table(r: BenchmarkResult) -> None:

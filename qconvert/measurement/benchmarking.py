@@ -16,11 +16,11 @@ import numpy as np
 
 from qconvert import progress
 from qconvert.calibration import data_for
-from qconvert.config import DEFAULT_RUNS, BenchmarkConfig, DataConfig
+from qconvert.config import CPU, DEFAULT_RUNS, BenchmarkConfig, DataConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.measurement.decoding import decode_speed
 from qconvert.model.loading import check_model_file
-from qconvert.providers import create_session, placement, quiet_onnxruntime, resolve, signature
+from qconvert.providers import cpu_casts, create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import BenchmarkResult, Gate, Latency, Placement, provider_gates
 
 if TYPE_CHECKING:
@@ -120,7 +120,27 @@ def benchmark(models: list[str | Path], feeds: dict[str, np.ndarray] | DataConfi
     latencies = [_latency(p, t, config.batch, first_median if i else None, where)
                  for i, (p, t, where) in enumerate(zip(paths, times, placements, strict=True))]
     return BenchmarkResult(models=latencies, config=config, provider=provider.name,
-                           gates=_gates(config, latencies), inputs=inputs)
+                           gates=_gates(config, latencies), inputs=inputs,
+                           warnings=[w for p in paths if (w := _cast_warning(p, provider.name))])
+
+
+def _cast_warning(path: Path, provider: str) -> str | None:
+    """On the CPU provider, what a float16 model's timing means: most of its ops have no float16
+    kernel there and run in float32 between casts onnxruntime inserts."""
+    import onnx
+
+    if provider != CPU:
+        return None
+    try:
+        typed = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - only a remark: a model inference cannot type gets none
+        return None
+    nodes, casted = cpu_casts(typed)
+    if not casted:
+        return None
+    return (f"{path.name}: {casted} of its {nodes} float16 nodes have no float16 kernel in onnxruntime's CPU provider "
+            "and run in float32 between inserted casts: expect it no faster than FP32 here; float16 is for GPUs and "
+            "NPUs (--ep)")
 
 
 def benchmark_decoding(paths: list[Path], config: BenchmarkConfig) -> BenchmarkResult:

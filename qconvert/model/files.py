@@ -237,6 +237,17 @@ def _relocate(model_path: Path, old: str, new: str) -> None:
     onnx.save(model, str(model_path))
 
 
+def save_model(proto: onnx.ModelProto, path: Path, *, external: bool) -> None:
+    """Save `proto` at `path`; `external`: every weight over 1 KiB in one `<name>.data` beside it."""
+    import onnx
+
+    if external:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+
+
 def file_nbytes(model: Path) -> int:
     """Bytes of a model file written by onnxruntime and of its `<name>.data` sidecar, if any."""
     sidecar = model.parent / (model.name + ".data")

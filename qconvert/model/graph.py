@@ -111,3 +111,8 @@ def model_nbytes(model: onnx.ModelProto) -> int:
     return sum(tensor_nbytes(t) for t in all_initializers(model)) + 64 * sum(1 for _ in iter_nodes(model.graph))
 
 
+def typed_names(graph: onnx.GraphProto, element: int) -> set[str]:
+    """Names of `element` type in a typed graph (inputs, outputs, value_info, initializers)."""
+    found = {v.name for v in (*graph.input, *graph.output, *graph.value_info)
+             if v.type.tensor_type.elem_type == element}
+    return found | {t.name for t in graph.initializer if t.data_type == element}

@@ -11,6 +11,7 @@ from qconvert.model.graph import all_initializers, iter_nodes, tensor_nbytes, te
 from qconvert.model.loading import LoadedModel, input_specs, load_model, output_specs
 from qconvert.quantization.adapter import candidate_op_types
 from qconvert.quantization.planning import quantization_kinds
+from qconvert.quantization.qat import describe_qat
 from qconvert.quantization.weight_only import bytes_by_role, slow_nodes, weight_nodes
 from qconvert.results import InspectResult
 
@@ -43,6 +44,6 @@ def describe(model: str | Path | LoadedModel) -> InspectResult:
         parameters=params, external_data=loaded.uses_external_data, file_bytes=loaded.file_bytes,
         quantization=quantization_kinds(proto), candidates=candidates,
         decoder=decoder.to_dict() if decoder else None, bytes_by_role=bytes_by_role(proto) if decoder else None,
-        slow_nodes=slow_nodes(proto),
+        slow_nodes=slow_nodes(proto), qat=describe_qat(proto),
     )
 

@@ -27,15 +27,16 @@ from qconvert.config import (
     WeightMethod,
     WeightType,
 )
-from qconvert.errors import ModelError, NothingQuantizedError, RuntimeFailure, UsageError, first_line
+from qconvert.errors import ModelError, NothingQuantizedError, RuntimeFailure, UsageError
 from qconvert.model.files import check_output_path, file_nbytes, move_into_place, staging_dir
 from qconvert.model.graph import PROTOBUF_LIMIT, all_initializers, has_subgraphs, iter_nodes, model_nbytes
 from qconvert.model.loading import LoadedModel, load_model
-from qconvert.providers import cpu_session, quiet_onnxruntime
+from qconvert.providers import check_loads, quiet_onnxruntime
 from qconvert.quantization import adapter
 from qconvert.quantization.float_outputs import free_outputs
 from qconvert.quantization.planning import Plan, plan, quantization_kinds, quantized_names, skip_reason
 from qconvert.quantization.preparation import prepare
+from qconvert.quantization.qat import QatWeight, fold_qat, qat_weights
 from qconvert.quantization.ranges import Calibration, calibrate
 from qconvert.quantization.smoothing import smooth
 from qconvert.quantization.weight_only import quantize_weights
@@ -240,7 +241,8 @@ class QuantizeJob:
         samples = read if read is not None else samples
         quant_seconds = time.perf_counter() - t0
         quantized_model = _declare_used_domains_only(staged)
-        _check_loads(staged)
+        check_loads(staged, failure="onnxruntime produced a model it cannot load",
+                    hint="keep pre-processing on (it upgrades old opsets), or try --per-tensor; no output was written")
         _check_scales(quantized_model, staged)
         result_ops, skipped = self._outcome(quantized_model, the_plan, dynamic)
         config = self.config
@@ -338,6 +340,9 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     """
     config = config or QuantizeConfig()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    trained = qat_weights(loaded.proto) if quantization_kinds(loaded.proto)["qdq"] else []
+    if trained or config.mode is Mode.QAT:
+        return _fold(loaded, output, data, config, trained, force)
     if config.mode is Mode.WEIGHT_ONLY:
         text = data if isinstance(data, TextData) else None
         result = quantize_weights(loaded, output, text, config=config, force=force)
@@ -362,6 +367,22 @@ def quantize(model: str | Path | LoadedModel, output: str | Path, data: Calibrat
     return result
 
 
+def _fold(loaded: LoadedModel, output: str | Path, data: CalibrationData | TextData | None, config: QuantizeConfig,
+          trained: list[QatWeight], force: bool) -> QuantizeResult:
+    """A QAT export: its weights folded with the trained scales (`qat.fold_qat`), nothing calibrated."""
+    if not trained:
+        raise UsageError(f"--mode qat folds the float weights of a QAT export, and {loaded.path} has no weight "
+                         "behind QuantizeLinear", hint="drop --mode qat to quantize it after training")
+    if config.mode not in (None, Mode.QAT):
+        raise UsageError(f"{loaded.path} is a QAT export ({len(trained)} float weights behind Q/DQ): --mode "
+                         f"{config.mode} would quantize it again", hint="drop --mode: its weights are folded with "
+                                                                        "the scales training chose")
+    result = fold_qat(loaded, output, config=config, force=force)
+    if data is not None:
+        result.warnings.append("a QAT export keeps the scales training chose: the calibration data was not used")
+    return result
+
+
 def _declare_used_domains_only(path: Path) -> onnx.ModelProto:
     """Keep the opset imports a node or local function uses (ai.onnx always): onnxruntime's optimiser
     declares every domain it knows (ai.onnx.training, com.microsoft.nchwc, org.pytorch.aten, …),
@@ -379,17 +400,6 @@ def _declare_used_domains_only(path: Path) -> onnx.ModelProto:
         model.opset_import.extend(kept)
         onnx.save(model, str(path))  # the graph only: a sidecar stays as it is
     return model
-
-
-def _check_loads(path: Path) -> None:
-    """Refuse to ship a model onnxruntime itself cannot load."""
-    try:
-        with quiet_onnxruntime():
-            cpu_session(path)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime produced a model it cannot load: {first_line(exc)}",
-                         hint="keep pre-processing on (it upgrades old opsets), or try --per-tensor; "
-                              "no output was written") from exc
 
 
 def _check_scales(model: onnx.ModelProto, path: Path) -> None:

@@ -161,19 +161,7 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
                          hint="check --op-types")
     session = exposing_session(model, tensors, work / "exposed.onnx", external=external, failure=CANNOT_RUN,
                                hint=CANNOT_RUN_HINT)
-    stats: dict[str, _Stats] = {}
-    samples = 0
-    with progress.task("calibration", total=data.expected_samples()) as step:
-        for index, values in _outputs(session, data, tensors):
-            for name, value in values.items():
-                if name in stats:
-                    stats[name].update(value)
-                elif value.size:
-                    stats[name] = _Stats.first(value)
-            samples = index + 1
-            step()
-    if samples == 0:
-        raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
+    stats, samples = _collect(session, data, tensors, "calibration")
     _check_finite(stats)
 
     if method is CalibrationMethod.MINMAX:
@@ -189,6 +177,37 @@ def calibrate(model_path: Path, data: CalibrationData, op_types: list[str], work
         ranges = _histogram_ranges(session, data, tensors, stats, method, symmetric, percentile, samples)
     infinite = tuple(name for name, s in stats.items() if s.infinite)
     return Calibration(ranges, samples, time.perf_counter() - started, len(stats), infinite)
+
+
+def _collect(session: onnxruntime.InferenceSession, data: CalibrationData, tensors: list[str],
+             task: str) -> tuple[dict[str, _Stats], int]:
+    """The extremes of every tensor over every sample, and the samples read (at least one)."""
+    stats: dict[str, _Stats] = {}
+    samples = 0
+    with progress.task(task, total=data.expected_samples()) as step:
+        for index, values in _outputs(session, data, tensors):
+            for name, value in values.items():
+                if name in stats:
+                    stats[name].update(value)
+                elif value.size:
+                    stats[name] = _Stats.first(value)
+            samples = index + 1
+            step()
+    if samples == 0:
+        raise DataError(f"no calibration samples in {data.description}", hint="give non-empty data")
+    return stats, samples
+
+
+def tensor_peaks(model_path: Path, data: CalibrationData, work: Path, *,
+                 external: bool) -> tuple[dict[str, float], int]:
+    """The largest finite |x| of every float tensor the main graph's nodes read or write (initializers
+    aside) over every sample, and the samples read."""
+    model = _typed_graph(model_path, work)
+    tensors = tensors_to_calibrate(model, [])
+    session = exposing_session(model, tensors, work / "exposed.onnx", external=external, failure=CANNOT_RUN,
+                               hint=CANNOT_RUN_HINT)
+    stats, samples = _collect(session, data, tensors, "activation ranges")
+    return {name: float(np.fmax(np.abs(s.low), np.abs(s.high))) for name, s in stats.items()}, samples
 
 
 def _typed_graph(model_path: Path, work: Path) -> onnx.ModelProto:

@@ -32,13 +32,13 @@ from qconvert.config import (
     WeightMethod,
     WeightOnlyConfig,
 )
-from qconvert.errors import ModelError, NothingQuantizedError, UsageError, first_line
+from qconvert.errors import ModelError, NothingQuantizedError, UsageError
 from qconvert.model.decoder import DecoderFeeds, require_decoder
-from qconvert.model.files import check_output_path, move_into_place, staging_dir
+from qconvert.model.files import check_output_path, move_into_place, save_model, staging_dir
 from qconvert.model.folders import copy_model_folder
 from qconvert.model.graph import PROTOBUF_LIMIT, iter_nodes, iter_scopes, model_nbytes, subgraphs, tensor_nbytes
 from qconvert.model.loading import LoadedModel, load_model
-from qconvert.providers import cpu_session, quiet_onnxruntime
+from qconvert.providers import check_loads, quiet_onnxruntime
 from qconvert.quantization import gptq, nbits
 from qconvert.quantization.planning import quantization_kinds
 from qconvert.results import OpTypeCount, QuantizedWeight, QuantizeResult, SkippedNode
@@ -384,8 +384,9 @@ class WeightJob:
                 proto = _quantize(proto, the_plan, config.weight_only)
             seconds = time.perf_counter() - started
             staged = work / out.name
-            _save(proto, staged, self.external)
-            _check_loads(staged)
+            save_model(proto, staged, external=self.external)
+            check_loads(staged, failure="onnxruntime cannot load the weight-only model it produced",
+                        hint="keep the failing node in float with --exclude-nodes; no output was written")
             bytes_after = move_into_place(staged, out)
         copied = copy_model_folder(self.loaded.path, out)
         result = _result(self.loaded, out, config, the_plan, proto, bytes_after, self.prepare_seconds, seconds,
@@ -493,25 +494,6 @@ def _replace_gather(proto: onnx.ModelProto, gather: WeightNode, bits: int, confi
                     g.initializer.remove(tensor)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
-def _save(proto: onnx.ModelProto, path: Path, external: bool) -> None:
-    import onnx
-
-    if external:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(path))
-
-
-def _check_loads(path: Path) -> None:
-    try:
-        with quiet_onnxruntime():
-            cpu_session(path)
-    except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the weight-only model it produced: {first_line(exc)}",
-                         hint="keep the failing node in float with --exclude-nodes; no output was written") from exc
 
 
 def slow_path(bits: int, block_size: int, accuracy_level: int) -> str | None:

@@ -117,16 +117,21 @@ def quantize_and_measure(model: LoadedModel, output: str | Path, calibration: Ca
     return result
 
 
-def _check(fp32: Path, output: Path, calibration: CalibrationData, quantized: QuantizeResult) -> None:
-    """Compare the quantized model with FP32 on a few calibration samples (the sessions are cheap to
-    make again): a quantize that wrecked the model says so, even when nothing validates it."""
+def quick_check(fp32: Path, output: Path, calibration: CalibrationData) -> QuickCheck:
+    """The converted model against FP32 on a few calibration samples (the sessions are cheap to make
+    again): the output furthest from FP32, by mean cosine."""
     few = replace(calibration, max_samples=min(calibration.max_samples or CHECK_SAMPLES, CHECK_SAMPLES))
     checked = validate(fp32, output, few)
     worst = min(checked.outputs, key=lambda o: nan_lowest(o.mean_cosine))
-    quantized.check = QuickCheck(checked.samples, worst.mean_cosine, worst.name)
-    if not calibration.synthetic and not nan_lowest(worst.mean_cosine) >= WRECKED_COSINE:
+    return QuickCheck(checked.samples, worst.mean_cosine, worst.name)
+
+
+def _check(fp32: Path, output: Path, calibration: CalibrationData, quantized: QuantizeResult) -> None:
+    """A quantize that wrecked the model says so, even when nothing validates it."""
+    check = quantized.check = quick_check(fp32, output, calibration)
+    if not calibration.synthetic and not nan_lowest(check.worst_cosine) >= WRECKED_COSINE:
         quantized.warnings.append(
-            f"the quantized model is far from FP32 on {checked.samples} calibration samples: cosine "
-            f"{worst.mean_cosine:.4f} on output {worst.name!r}; let the accuracy search keep the nodes that "
+            f"the quantized model is far from FP32 on {check.samples} calibration samples: cosine "
+            f"{check.worst_cosine:.4f} on output {check.output!r}; let the accuracy search keep the nodes that "
             f"break it in float: qconvert quantize {fp32} -o {output} --calib DATA --eval-data DATA --min-cosine 0.99")
 
