@@ -116,3 +116,31 @@ def typed_names(graph: onnx.GraphProto, element: int) -> set[str]:
     found = {v.name for v in (*graph.input, *graph.output, *graph.value_info)
              if v.type.tensor_type.elem_type == element}
     return found | {t.name for t in graph.initializer if t.data_type == element}
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """The graph's nodes in topological order, otherwise in their order (passes that add nodes append
+    them at the end); left as they are when there is a cycle."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    waiting = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for source in {producer[name] for name in node.input if name in producer} - {i}:
+            waiting[i] += 1
+            readers.setdefault(source, []).append(i)
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) == len(nodes) and order != sorted(order):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)

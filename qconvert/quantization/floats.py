@@ -34,7 +34,7 @@ from qconvert.calibration import CalibrationData
 from qconvert.config import FP16_MAX, FP16_TINY, FloatConfig, FloatType
 from qconvert.errors import ModelError, first_line
 from qconvert.model.files import check_output_path, move_into_place, save_model, staging_dir
-from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, iter_nodes, model_nbytes, typed_names
+from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, iter_nodes, model_nbytes, sort_nodes, typed_names
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import check_loads, cpu_casts, has_kernel, quiet_onnxruntime, resolve, typed_kernels
 from qconvert.quantization import casts
@@ -221,24 +221,6 @@ def _bypass_round_trips(graph: onnx.GraphProto, inserted: set[str]) -> None:
             graph.node.remove(node)
 
 
-def _sort(graph: onnx.GraphProto) -> None:
-    """Nodes in topological order (the converter appends its casts at the end)."""
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    outer = {name for n in graph.node for name in n.input} - {o for n in graph.node for o in n.output} - known
-    known |= outer  # read from an enclosing graph
-    while pending:
-        ready = [n for n in pending if all(i in known for i in n.input)]
-        if not ready:
-            return  # a cycle or a dangling input: leave it for onnxruntime's own error
-        for node in ready:
-            known.update(node.output)
-        ordered += ready
-        pending = [n for n in pending if all(n is not r for r in ready)]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
 def _typed(model: onnx.ModelProto, work: Path, external: bool) -> onnx.ModelProto:
     """`model` with ONNX's inferred types on every tensor (the converter places casts by them)."""
     if not external:
@@ -312,7 +294,7 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
             proto = casts.to_float16(proto, io_float32=config.io_float32, keep_nodes=policy.keep.names)
         inserted = {gn.node.name for gn in iter_nodes(proto.graph)} - before
         _bypass_round_trips(proto.graph, inserted)
-        _sort(proto.graph)
+        sort_nodes(proto.graph)
         if not fp16:
             proto = casts.to_bfloat16(proto, originals)
         staged = work / out.name

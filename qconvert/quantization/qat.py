@@ -18,10 +18,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qconvert.config import Mode, QuantizeConfig
+from qconvert.config import Mode, QuantizeConfig, Target
 from qconvert.errors import NothingQuantizedError
 from qconvert.model.files import check_output_path, move_into_place, save_model, staging_dir
-from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, model_nbytes
+from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, model_nbytes, sort_nodes
 from qconvert.model.loading import LoadedModel
 from qconvert.providers import check_loads
 from qconvert.quantization.preparation import fix_input_shapes
@@ -217,6 +217,73 @@ def _reads_of(graph: onnx.GraphProto) -> Iterator[str]:
             yield from node.input
 
 
+# Ops that move or select values without changing them: their output lies on their input's grid.
+GRID_KEEPING = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze"})
+
+
+def _complete_units(graph: onnx.GraphProto) -> int:
+    """For NPUs that run an op only as a whole DQ → op → Q unit (QNN): a value-moving op that reads a
+    DequantizeLinear and that no QuantizeLinear follows gets a Q/DQ pair on its output, on its
+    input's grid (what it computes already lies there). Returns how many."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    done = 0
+    for node in list(graph.node):
+        source = producers.get(node.input[0]) if node.input else None
+        out = node.output[0] if node.output else ""
+        if node.op_type not in GRID_KEEPING or source is None or source.op_type != "DequantizeLinear" or \
+                out in outputs or any(r.op_type == "QuantizeLinear" for r in readers.get(out, [])):
+            continue
+        grid = list(source.input[1:])
+        quantized, dequantized = out + "_quantized", out + "_dequantized"
+        graph.node.extend([onnx.helper.make_node("QuantizeLinear", [out, *grid], [quantized], name=quantized),
+                           onnx.helper.make_node("DequantizeLinear", [quantized, *grid], [dequantized],
+                                                 name=dequantized)])
+        for reader in readers.get(out, []):
+            for i, name in enumerate(reader.input):
+                if name == out:
+                    reader.input[i] = dequantized
+        done += 1
+    return done
+
+
+def _quantize_biases(graph: onnx.GraphProto) -> int:
+    """For NPUs that run no float bias (QNN's HTP): each float bias of a Conv or Gemm whose input and
+    weight come out of DequantizeLinear becomes int32 behind a DequantizeLinear, at input scale times
+    weight scale (per output channel), as onnxruntime's quantizer writes biases. Returns how many."""
+    constants = _Constants(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    done = 0
+    for node in list(graph.node):
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+            continue
+        x, w = producers.get(node.input[0]), producers.get(node.input[1])
+        bias = constants.value(node.input[2])
+        if x is None or w is None or bias is None or x.op_type != "DequantizeLinear" or \
+                w.op_type != "DequantizeLinear" or bias.dtype != np.float32:
+            continue
+        x_scale, w_scale = constants.value(x.input[1]), constants.value(w.input[1])
+        if x_scale is None or w_scale is None or x_scale.size != 1 or w_scale.size not in (1, bias.size):
+            continue
+        transposed = node.op_type == "Gemm" and _attr(node, "transB", 0) == 0
+        if w_scale.size > 1 and _attr(w, "axis", 1) % 2 != (1 if transposed else 0):
+            continue  # scales along the input channels: no per-output-channel bias scale
+        scale = (x_scale.astype(np.float32).reshape(()) * w_scale.astype(np.float32)).reshape(-1)
+        values = np.clip(np.rint(bias / np.broadcast_to(scale, bias.shape)), -(2**31), 2**31 - 1).astype(np.int32)
+        name = node.input[2] + "_int32"
+        graph.initializer.extend([numpy_helper.from_array(values, name),
+                                  numpy_helper.from_array(scale.astype(np.float32), name + "_scale")])
+        graph.node.append(onnx.helper.make_node("DequantizeLinear", [name, name + "_scale"], [name + "_dequantized"],
+                                                name=name + "_DequantizeLinear", axis=0))
+        node.input[2] = name + "_dequantized"
+        done += 1
+    return done
+
+
 def fold_qat(loaded: LoadedModel, output: str | Path, *, config: QuantizeConfig, force: bool = False) -> QuantizeResult:
     """Write `loaded` (a QAT export) into `output` with every foldable float weight behind Q/DQ
     stored as its integers; the activations' Q/DQ and every scale stay as training chose them."""
@@ -243,10 +310,17 @@ def fold_qat(loaded: LoadedModel, output: str | Path, *, config: QuantizeConfig,
     if not folded:
         raise NothingQuantizedError(f"no float weight of {loaded.path} behind QuantizeLinear can be folded",
                                     hint="no output was written", details=tuple(sorted({s.reason for s in skipped})))
+    warnings = ["a QAT export: its weights were folded with the scales training chose, and nothing was calibrated"]
+    if config.target is Target.QNN:
+        units = _complete_units(proto.graph)
+        biases = _quantize_biases(proto.graph)
+        warnings.append(f"--target qnn: {units} value-moving op(s) given a Q/DQ pair on their input's grid (node "
+                        f"units), {biases} float bias(es) of Conv/Gemm stored as int32 at input × weight scale (QNN's "
+                        "HTP runs no float bias); every other Q/DQ stays as training placed it")
+        sort_nodes(proto.graph)
     for graph, _ in iter_graphs(proto.graph):
         _drop_unused(graph)
     passes = [fix_input_shapes(proto, config.fixed_shapes).to_dict()] if config.fixed_shapes else []
-    warnings = ["a QAT export: its weights were folded with the scales training chose, and nothing was calibrated"]
     if clamped:
         warnings.append(f"{clamped} weight value(s) lay beyond their integer range and were saturated, as the QAT "
                         "graph's QuantizeLinear does")

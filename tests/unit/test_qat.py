@@ -12,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qconvert import DataConfig, QuantizeConfig, describe, input_specs, open_data, quantize, validate
-from qconvert.config import Mode
+from qconvert.config import Mode, Target
 from qconvert.errors import ModelError, UsageError
+from qconvert.measurement.metrics import cosine
 from qconvert.quantization.qat import quantized_values
 from tests import models
 from tests.conftest import SAMPLES
@@ -94,3 +95,19 @@ def test_what_folding_refuses(tmp_path: Path, cnn: Path, cnn_calib: Path) -> Non
     with pytest.raises(ModelError, match="is already quantized"):  # integer weights: nothing to fold
         quantize(ptq, tmp_path / "c.onnx")
     assert not any((tmp_path / n).exists() for n in ("a.onnx", "b.onnx", "c.onnx"))
+
+
+def test_the_qnn_target_completes_node_units_and_stores_biases_as_int32(tmp_path: Path) -> None:
+    result = quantize(QAT, tmp_path / "q.onnx", config=QuantizeConfig(target=Target.QNN))
+    assert any("2 value-moving op(s) given a Q/DQ pair on their input's grid (node units), 6 float bias(es) of "
+               "Conv/Gemm stored as int32" in w for w in result.warnings)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in (n for n in model.graph.node if n.op_type in ("Conv", "Gemm")):
+        assert producers[node.input[0]].op_type == "DequantizeLinear"  # after MaxPool too
+        bias = producers[node.input[2]]
+        assert bias.op_type == "DequantizeLinear"
+        assert next(t for t in model.graph.initializer if t.name == bias.input[0]).data_type == TensorProto.INT32
+    images = np.load(SAMPLES / "digits.eval.npz")["image"][:64]
+    reference, found = models.run(QAT, {"image": images})[0], models.run(tmp_path / "q.onnx", {"image": images})[0]
+    assert min(cosine(a, b) for a, b in zip(reference, found, strict=True)) >= 0.99999
