@@ -164,14 +164,19 @@ class _Policy:
                 self.keep.add(node, graph, f"{provider} has no {element} kernel for {node.op_type}")
 
     def weights(self) -> None:
-        """float16 only: weights out of its range keep the nodes that read them."""
+        """float16 only: weights out of its range keep the nodes that read them, and the Constant
+        that makes one (the converter would clamp its value)."""
         for graph, where in iter_graphs(self.model.graph):
             peaks = {name: float(np.abs(v[np.isfinite(v)]).max(initial=0.0)) for name, v in _constants(graph).items()}
+            makers = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
             for node in graph.node:
                 for name in node.input:
                     why = _out_of_range(peaks[name]) if name in peaks else None
                     if why:
-                        self.keep.add(node, where, f"weight {name!r} reaches {peaks[name]:.3g}, {why}")
+                        reason = f"weight {name!r} reaches {peaks[name]:.3g}, {why}"
+                        self.keep.add(node, where, reason)
+                        if name in makers:
+                            self.keep.add(makers[name], where, reason)
 
     def activations(self, peaks: dict[str, float]) -> None:
         """float16 with data: main-graph nodes that read or write values beyond the limit."""
@@ -303,8 +308,8 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         bytes_after = move_into_place(staged, out)
     kept = policy.keep.reasons
     if data is None and fp16:
-        warnings.append("no activation range was checked (no calibration data): a node whose values pass 65504 "
-                        "overflows to inf in float16; --calib DATA checks them")
+        warnings.append("no activation range was checked (no calibration data): values past 65504 overflow float16 "
+                        "(inf, or 65504 where a kernel saturates); --calib DATA checks them")
     return ConvertResult(
         input_path=str(loaded.path), output_path=str(out), config=config.to_dict(),
         data=data.to_dict() if data is not None else None, calibration_samples=samples,

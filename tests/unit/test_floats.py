@@ -176,3 +176,18 @@ def test_convert_cli(tmp_path: Path, cnn: Path, cnn_calib: Path) -> None:
                               "--to", "bf16"])
     assert bad.exit_code == ExitCode.BAD_INPUT and "--io-types takes fp32 or the --to type (bf16)" in bad.output
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_a_constant_beyond_float16_stays_float32_with_its_readers(tmp_path: Path) -> None:
+    """A weight made by a Constant node (as BatchNormalization variances in PP-OCR's detector are):
+    the converter would clamp it to 65504."""
+    big = onnx.helper.make_node("Constant", [], ["c"], name="big", value=numpy_helper.from_array(
+        np.array([1e5], np.float32)))
+    graph = onnx.helper.make_graph([big, onnx.helper.make_node("Div", ["x", "c"], ["y"], name="div")], "g",
+                                   [onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    src = models.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8),
+                      tmp_path / "c.onnx")
+    result = convert(src, tmp_path / "o.onnx")
+    assert {k.name for k in result.kept} == {"big", "div"}
+    assert models.run(tmp_path / "o.onnx", {"x": np.array([1e5], np.float32)})[0].tolist() == [1.0]
