@@ -8,7 +8,7 @@ DEMO := demo-out
 OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 
-.PHONY: setup demo test lint unit unit-optimized clean bench fuzz test-openvino docs examples
+.PHONY: setup demo test lint unit unit-optimized clean bench fuzz test-openvino test-cluster docs examples
 
 setup: $(STAMP)
 
@@ -61,6 +61,10 @@ $(OV_STAMP): pyproject.toml
 
 test-openvino: $(OV_STAMP)
 	$(OV_VENV)/bin/pytest -q
+
+# Batches on a real Dask scheduler and two workers on 127.0.0.1 (tests/cluster/run.sh starts and stops them).
+test-cluster: $(STAMP)
+	bash tests/cluster/run.sh $(VENV)
 
 # The README's command reference, generated from the commands' --help (tests/cli/test_reference.py checks it).
 docs: $(STAMP)

@@ -1,14 +1,17 @@
 """What batches, progress bars and reports cost, measured side by side in one run.
 
-1. Batch workers: the same batch of models (the two sample models, each `--copies` times, with
-   calibration, validation and a benchmark) run with `--jobs 1` and `--jobs 2`, rounds interleaved;
-   prints median wall time and the ratio (the gain of a second worker on this machine), and the
-   start-up a worker process adds: a one-model batch against the same job run in-process.
+1. Batch workers: the same batch of 8 models (the two sample models, each `--copies` times, with
+   calibration, validation and a benchmark) run with `--jobs 1` and `--jobs 2`, and with `--jobs 2`
+   on the Dask executor (a local cluster of 2 workers on 127.0.0.1 started for each run, and one
+   already running, as a real cluster is), rounds interleaved; prints median wall times, the gain
+   of a second worker, the Dask executor's overhead per model as a ratio to the local executor,
+   and the start-up a worker process adds: a one-model batch against the same job run in-process.
+   Needs the cluster extra (distributed).
 2. Progress bars beside a benchmark: the quantized sample CNN timed with the Rich bars drawing
    (to a terminal console writing to /dev/null) and without, interleaved; prints the ratio of
    median latencies (goal: within noise, ~1.00).
 3. The HTML report: its size and the time to render it from a pipeline report.
-Usage: python bench/pipelines.py [--rounds N] [--copies N]
+Usage: python bench/pipelines.py [--rounds N] [--copies N]   (.venv has distributed: make setup)
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ sys.path.insert(0, str(REPO))
 from qconvert import DataConfig, PipelineJob, run_batch, run_job  # noqa: E402
 from qconvert.config import (  # noqa: E402
     BenchmarkConfig,
+    Executor,
+    ExecutorConfig,
     Gates,
 )
 
@@ -48,11 +53,20 @@ def batches(work: Path, rounds: int, copies: int) -> None:
     paths = sorted(models.glob("*.onnx"))
     jobs = [_job(p, work / "out" / f"{p.stem}.q.onnx") for p in paths]
     (work / "out").mkdir()
-    times: dict[str, list[float]] = {"jobs 1": [], "jobs 2": [], "one model in-process": [], "one model batch": []}
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                                       resources={"qconvert": 1}, silence_logs=50)
+    running = ExecutorConfig(kind=Executor.DASK, scheduler=cluster.scheduler_address)
+    per_run = ExecutorConfig(kind=Executor.DASK)
+    executors = (("jobs 1", 1, None), ("jobs 2", 2, None), ("dask, cluster per run", 2, per_run),
+                 ("dask, running cluster", 2, running))
+    times: dict[str, list[float]] = {label: [] for label, *_ in executors}
+    times |= {"one model in-process": [], "one model batch": []}
     for _ in range(rounds):
-        for label, workers in (("jobs 1", 1), ("jobs 2", 2)):
+        for label, workers, executor in executors:
             start = time.perf_counter()
-            result = run_batch(jobs, workers=workers)
+            result = run_batch(jobs, workers=workers, executor=executor)
             times[label].append(time.perf_counter() - start)
             assert result.passed, result.to_dict()
         start = time.perf_counter()
@@ -63,8 +77,13 @@ def batches(work: Path, rounds: int, copies: int) -> None:
         times["one model batch"].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"batch of {len(jobs)} models (quantize + validate + benchmark each), median of {rounds} rounds:")
+    cluster.close()
     print(f"  --jobs 1: {med['jobs 1']:.2f} s   --jobs 2: {med['jobs 2']:.2f} s   "
           f"gain of a second worker: {med['jobs 1'] / med['jobs 2']:.2f}x")
+    for label in ("dask, cluster per run", "dask, running cluster"):
+        extra = (med[label] - med["jobs 2"]) / len(jobs)
+        print(f"  --executor dask --jobs 2 ({label}): {med[label]:.2f} s, {med[label] / med['jobs 2']:.2f}x the local "
+              f"executor; {extra:+.2f} s per model")
     print(f"  one model: in-process {med['one model in-process']:.2f} s, in a worker {med['one model batch']:.2f} s "
           f"(+{med['one model batch'] - med['one model in-process']:.2f} s for the worker process)")
 
@@ -113,7 +132,7 @@ def report(work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--copies", type=int, default=2, help="copies of each sample model in the batch")
+    parser.add_argument("--copies", type=int, default=4, help="copies of each sample model in the batch")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qconvert-pipelines-") as tmp:
         work = Path(tmp)

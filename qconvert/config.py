@@ -461,6 +461,40 @@ class SearchConfig:
                 "analyze_samples": self.analyze_samples, "benchmark_runs": self.benchmark_runs}
 
 
+class Executor(StrEnum):
+    """Where a batch's models run: worker processes on this machine, or tasks on a Dask cluster."""
+
+    LOCAL = "local"
+    DASK = "dask"
+
+
+SEND_LIMIT = 512 * 2**20  # a job's input files up to this size travel with its task (a cluster without shared files)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """How a batch runs. `dask`: `scheduler` is the address of a running Dask scheduler (None: the
+    DASK_SCHEDULER_ADDRESS environment variable, else a local cluster started for the run); each
+    model is one task, retried `retries` times when its worker dies; a job's input files up to
+    `send_limit` bytes in all travel with the task, for workers that do not see the client's files."""
+
+    kind: Executor = Executor.LOCAL
+    scheduler: str | None = None
+    retries: int = 2
+    send_limit: int = SEND_LIMIT
+    connect_seconds: float = 10.0  # to reach the scheduler
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None and self.kind is not Executor.DASK:
+            raise UsageError("--scheduler is the address of a Dask scheduler", hint="add --executor dask")
+        if self.retries < 0:
+            raise UsageError(f"retries must be at least 0, got {self.retries}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind.value, "scheduler": self.scheduler, "retries": self.retries,
+                "send_limit": self.send_limit, "connect_seconds": self.connect_seconds}
+
+
 @dataclass(frozen=True)
 class PipelineJob:
     """Everything one model's run needs. `providers` are where the quantized model is validated

@@ -629,6 +629,8 @@ class BatchItem:
     seconds: float
     result: PipelineResult | None = None  # when it ran
     error: QconvertError | None = None  # when it failed
+    worker: str | None = None  # where it ran: a local process, or a Dask worker's address
+    waited: float = 0.0  # seconds from the batch's start until it started
 
     @property
     def exit_code(self) -> int:
@@ -640,7 +642,8 @@ class BatchItem:
 
     def to_dict(self) -> dict[str, object]:
         return {"model": self.model, "output": self.output, "status": self.status.value,
-                "seconds": round(self.seconds, 3), "error": self.error.to_dict() if self.error else None,
+                "seconds": round(self.seconds, 3), "worker": self.worker, "waited_seconds": round(self.waited, 3),
+                "error": self.error.to_dict() if self.error else None,
                 "result": self.result.report() if self.result else None}
 
 
@@ -649,6 +652,8 @@ class BatchResult:
     items: list[BatchItem]
     workers: int
     seconds: float
+    executor: str = "local"  # local, or dask with its scheduler's address
+    warnings: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -668,8 +673,9 @@ class BatchResult:
 
     def to_dict(self) -> dict[str, object]:
         return {"schema_version": SCHEMA_VERSION, "command": "batch", "workers": self.workers,
-                "seconds": round(self.seconds, 3), "counts": self.counts(), "passed": self.passed,
-                "models": [i.to_dict() for i in self.items], "versions": self.versions}
+                "executor": self.executor, "seconds": round(self.seconds, 3), "counts": self.counts(),
+                "passed": self.passed, "models": [i.to_dict() for i in self.items], "warnings": list(self.warnings),
+                "versions": self.versions}
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ from qconvert.config import (
     ActivationType,
     CalibrationMethod,
     EPConfig,
+    Executor,
+    ExecutorConfig,
     Mode,
     QuantizeConfig,
     Sensitive,
@@ -192,6 +194,13 @@ def quantize(
     threads: ThreadsOpt = 1,
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", min=1, help="Batch: models quantized at once, each in its own worker process.")] = 1,
+    executor: Annotated[Executor, typer.Option(
+        "--executor", help="Batch: local worker processes, or tasks on a Dask cluster (the cluster extra).")
+    ] = Executor.LOCAL,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Batch with --executor dask: the scheduler's address, e.g. tcp://10.0.0.5:8786; "
+                            "default: DASK_SCHEDULER_ADDRESS, else a local cluster for the run.",
+        show_default=False)] = None,
     report: ReportOpt = None,
     save_recipe: SaveRecipeOpt = None,
     as_json: JsonOpt = False,
@@ -229,8 +238,12 @@ def quantize(
     planned = batch_jobs(template, models, batch=is_batch)
     plan = None if report is None else plan_reports(report, planned, batch=is_batch,
                                                     besides=options.files_besides(ctx, "report"))
+    cluster = ExecutorConfig(kind=executor, scheduler=scheduler)
+    if executor is Executor.DASK and not is_batch:
+        raise UsageError("--executor dask runs a batch on a cluster: give several models, a folder or a glob",
+                         hint="one model runs here, without --executor")
     if is_batch:
-        batch = run_batch(planned, workers=jobs, on_done=render.batch_item)
+        batch = run_batch(planned, workers=jobs, on_done=render.batch_item, executor=cluster)
         conclude(batch, plan, lambda: render.batch_result(batch, as_json=as_json))
     else:
         result = run_job(planned[0], on_trial=render.trial if eval_data else None)

@@ -582,14 +582,19 @@ def batch_result(r: BatchResult, *, as_json: bool) -> None:
         return
     counts = r.counts()
     table = Table(title=f"{len(r.items)} models · {counts['passed']} passed · {counts['missed']} missed a gate · "
-                        f"{counts['failed']} failed · {r.seconds:.1f} s with {r.workers} worker(s)",
-                  title_justify="left")
-    for column in ("model", "status", "quantized nodes", "size", "mean cosine", "speedup", "note"):
-        table.add_column(column, justify="left" if column in ("model", "status", "note") else "right",
+                        f"{counts['failed']} failed · {r.seconds:.1f} s with {r.workers} worker(s) · "
+                        f"{escape(r.executor)}", title_justify="left")
+    remote = r.executor != "local"
+    columns = ["model", "status", "quantized nodes", "size", "mean cosine", "speedup", "note"]
+    columns += ["worker", "waited"] if remote else []
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "status", "note", "worker") else "right",
                          overflow="fold")
     for item in r.items:
-        table.add_row(escape(Path(item.model).name), _STATUS[item.status.value], *_batch_cells(item))
+        where = [escape(item.worker or "—"), f"{item.waited:.1f} s"] if remote else []
+        table.add_row(escape(Path(item.model).name), _STATUS[item.status.value], *_batch_cells(item), *where)
     out.print(table)
+    warnings(r.warnings)
 
 
 def _batch_cells(item: BatchItem) -> list[str]:

@@ -172,6 +172,11 @@ def _locations(model: Path) -> set[str]:
         return set()
 
 
+def model_files(model: Path) -> list[Path]:
+    """A model's file and the external-data files it names."""
+    return [model, *(model.parent / name for name in sorted(_locations(model)))]
+
+
 def remove_model(model: Path) -> None:
     """Delete a model qconvert wrote and the external-data files beside it that it names."""
     for name in _locations(model):

@@ -460,7 +460,8 @@ def _benchmark(b: Mapping[str, object], level: int) -> str:
         _latency_plot(models),
         _table(["model", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms", "min ms", "per second", "speedup"],
                rows, "no model timed"),
-        _warnings([f"fell back to the CPU provider: {', '.join(map(str, fell))}"] if fell else []),
+        _warnings([*([f"fell back to the CPU provider: {', '.join(map(str, fell))}"] if fell else []),
+                   *_l(b.get("warnings"))]),
         _grid(*((f"Placement of {_code(_name(m.get('path')))}", _placement(m.get("placement"))) for m in models),
               ("Gates", _gates(gates) if gates else "")))
 
@@ -541,11 +542,15 @@ def _batch(p: Mapping[str, object], level: int) -> str:
         return _text(error.get("message")) if error else _missed(_m(item.get("result")).get("gates"))
 
     rows = [[f'<a href="#model-{n}">{_text(_name(i.get("model")))}</a>', _code(i.get("output")),
-             status.get(str(i.get("status")), _text(i.get("status"))), _text(i.get("seconds"), 4), outcome(i)]
+             status.get(str(i.get("status")), _text(i.get("status"))), _text(i.get("seconds"), 4),
+             _code(i.get("worker")), _text(i.get("waited_seconds"), 4), outcome(i)]
             for n, i in enumerate(items, 1)]
+    warned = _warnings(_l(p.get("warnings")))
     parts = [_section(level, "Models", _kv([(_esc(k), _text(v)) for k, v in _m(p.get("counts")).items()] + [
-        ("workers", _text(p.get("workers"))), ("seconds", _text(p.get("seconds"), 4))]),
-        _table(["model", "output", "status", "seconds", "error or missed gates"], rows, "no models"))]
+        ("workers", _text(p.get("workers"))), ("executor", _text(p.get("executor"))),
+        ("seconds", _text(p.get("seconds"), 4))]) + warned,
+        _table(["model", "output", "status", "seconds", "worker", "waited (s)", "error or missed gates"], rows,
+               "no models"))]
     for n, item in enumerate(items, 1):
         error, h = _m(item.get("error")), min(level, 6)
         failure = (f'<div class="error"><strong>{_text(error.get("error"))}</strong>: {_text(error.get("message"))}'

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qconvert import progress
-from qconvert.config import PipelineJob
+from qconvert.config import Executor, ExecutorConfig, PipelineJob
 from qconvert.errors import ModelError, QconvertError, RuntimeFailure, UsageError, as_error
 from qconvert.model.files import scratch_dir
 from qconvert.providers import quiet_native_logs
@@ -94,11 +94,17 @@ def batch_jobs(template: PipelineJob, models: Sequence[Path], *, batch: bool) ->
 
 
 def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
-              on_done: Callable[[BatchItem], None] | None = None) -> BatchResult:
-    """Run every job, at most `workers` at a time, each in its own process; items come back in
-    the order of `jobs` whatever the order they finish in."""
+              on_done: Callable[[BatchItem], None] | None = None,
+              executor: ExecutorConfig | None = None) -> BatchResult:
+    """Run every job, at most `workers` at a time, each in its own process (or, with a Dask
+    `executor`, as a task on its cluster: `workflows.cluster`); items come back in the order of
+    `jobs` whatever the order they finish in."""
     if workers < 1:
         raise UsageError(f"--jobs must be at least 1, got {workers}")
+    if executor is not None and executor.kind is Executor.DASK:
+        from qconvert.workflows.cluster import run_on_dask
+
+        return run_on_dask(jobs, workers=workers, executor=executor, on_done=on_done)
     started = time.monotonic()
     context = multiprocessing.get_context("spawn")
     items: dict[int, BatchItem] = {}
@@ -117,7 +123,9 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
                 for sentinel in wait(list(running)):
                     process, index, job, began = running.pop(sentinel)
                     process.join()
-                    items[index] = _collect(job, work / f"{index}.json", process.exitcode, time.monotonic() - began)
+                    items[index] = collect(job, _read(work / f"{index}.json"), _death(job, process.exitcode),
+                                           time.monotonic() - began)
+                    items[index].worker, items[index].waited = f"local process {process.pid}", began - started
                     model_done()
                     if on_done:
                         on_done(items[index])
@@ -133,8 +141,6 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
 
 def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     """A worker: run one job and write what came of it to `result_file` (the exit code says the rest)."""
-    from qconvert.workflows.pipeline import run_job
-
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the batch: the parent terminates its workers,
     unwind_on(signal.SIGTERM)  # which unwind so their temporary files are removed
@@ -142,25 +148,39 @@ def _work(job: PipelineJob, result_file: Path, level: int) -> None:
     logging.basicConfig(level=level, format=f"{job.model.name}: %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         quiet_native_logs()
-    outcome: PipelineResult | QconvertError
+    result_file.write_bytes(pickle.dumps(run_one(job)))
+
+
+def run_one(job: PipelineJob) -> PipelineResult | QconvertError:
+    """One model's job, its failure returned rather than raised: it is that model's alone."""
+    from qconvert.workflows.pipeline import run_job
+
     try:
-        outcome = run_job(job)
+        return run_job(job)
     except Exception as exc:  # recorded for this model, the others go on
         log.debug("failed", exc_info=True)
-        outcome = as_error(exc, hint="this is a bug in qconvert; run this model alone with --debug")
-    result_file.write_bytes(pickle.dumps(outcome))
+        return as_error(exc, hint="this is a bug in qconvert; run this model alone with --debug")
 
 
-def _collect(job: PipelineJob, result_file: Path, exitcode: int | None, seconds: float) -> BatchItem:
-    item = BatchItem(str(job.model), str(job.output), Status.FAILED, seconds)
-    outcome: PipelineResult | QconvertError | None = None
+def _read(result_file: Path) -> PipelineResult | QconvertError | None:
     with contextlib.suppress(OSError, EOFError, pickle.UnpicklingError):
-        outcome = pickle.loads(result_file.read_bytes())  # written by our own worker, above
+        outcome: PipelineResult | QconvertError = pickle.loads(result_file.read_bytes())  # our own worker's, above
+        return outcome
+    return None
+
+
+def _death(job: PipelineJob, exitcode: int | None) -> RuntimeFailure:
+    cause = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
+    return RuntimeFailure(f"the worker for {job.model} died ({cause}): a crash in onnxruntime or onnx, or the "
+                          "system's out-of-memory killer", hint="run this model alone with --debug to see where")
+
+
+def collect(job: PipelineJob, outcome: PipelineResult | QconvertError | None, death: QconvertError,
+            seconds: float) -> BatchItem:
+    """A model's item from what its worker returned (None: it died, as `death` says)."""
+    item = BatchItem(str(job.model), str(job.output), Status.FAILED, seconds)
     if outcome is None:
-        cause = f"signal {signal.Signals(-exitcode).name}" if exitcode and exitcode < 0 else f"exit code {exitcode}"
-        item.error = RuntimeFailure(f"the worker for {job.model} died ({cause}): a crash in onnxruntime or onnx, or "
-                                    "the system's out-of-memory killer",
-                                    hint="run this model alone with --debug to see where")
+        item.error = death
     elif isinstance(outcome, QconvertError):
         item.error = outcome
     else:

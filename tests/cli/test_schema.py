@@ -136,6 +136,12 @@ def test_batch_of_two_models_and_a_broken_one(tmp_path: Path) -> None:
     assert json.loads(report.read_text()) == document
 
 
+def test_convert(tmp_path: Path) -> None:
+    document = _json("convert", CNN, "-o", tmp_path / "cnn.fp16.onnx", "--calib", CALIB, "--calib-samples", 8,
+                     "--keep-float", "Softmax", "--json")
+    assert document["command"] == "convert" and document["range_checked"] is True
+
+
 def test_error_object() -> None:
     document = _json("inspect", SAMPLES / "missing.onnx", "--json", code=2)
     assert document["error"] == "ModelError" and document["exit_code"] == 2
