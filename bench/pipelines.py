@@ -55,8 +55,8 @@ def batches(work: Path, rounds: int, copies: int) -> None:
     (work / "out").mkdir()
     import distributed
 
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                                       resources={"qconvert": 1}, silence_logs=50)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0", resources={"qconvert": 1}, silence_logs=50)
     running = ExecutorConfig(kind=Executor.DASK, scheduler=cluster.scheduler_address)
     per_run = ExecutorConfig(kind=Executor.DASK)
     executors = (("jobs 1", 1, None), ("jobs 2", 2, None), ("dask, cluster per run", 2, per_run),

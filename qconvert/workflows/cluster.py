@@ -80,7 +80,7 @@ def _local_cluster(distributed: Any, workers: int, retries: int) -> Iterator[Any
 
     with dask.config.set({"distributed.scheduler.allowed-failures": retries}):
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None, resources={RESOURCE: 1},
+                                           host="127.0.0.1", dashboard_address="127.0.0.1:0", resources={RESOURCE: 1},
                                            silence_logs=logging.ERROR)
     try:
         yield cluster

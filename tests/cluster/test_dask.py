@@ -10,6 +10,8 @@ import os
 import pickle
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +39,7 @@ def scheduler() -> Iterator[str]:
     if address:
         yield address
         return
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                   resources={"qconvert": 1}, silence_logs=50) as cluster:
         yield cluster.scheduler_address
 
@@ -118,6 +120,23 @@ def test_files_travel_with_the_task_when_the_worker_cannot_see_them(tmp_path: Pa
     local = tmp_path / "local.onnx"
     run_batch([replace(job, output=local)])
     assert job.output.read_bytes() == local.read_bytes()
+
+
+def test_ctrl_c_cancels_the_batch_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    paths = _models(tmp_path / "in")
+    out = tmp_path / "out"
+    exe = Path(sys.executable).with_name("qconvert")
+    process = subprocess.Popen([str(exe), "quantize", *map(str, paths), "-o", str(out), "--executor", "dask",
+                                "--jobs", "2", "--benchmark", "--runs", "20000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".*.qconvert-tmp")) and time.monotonic() < deadline:  # a job is writing
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert not list(out.glob(".*.qconvert-tmp")), "temporaries left beside the outputs"
+    assert len(list(out.glob("*.onnx"))) < len(paths)
 
 
 def test_bad_cluster_settings_are_clear(tmp_path: Path) -> None:
