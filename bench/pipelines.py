@@ -100,7 +100,7 @@ def bars(work: Path, rounds: int) -> None:
     from qconvert.model.loading import input_specs, load_model
 
     quant = work / "cnn.q.onnx"
-    run_job(replace(_job(SAMPLES / "digits_cnn.onnx", quant), evaluation=None, benchmark=None))
+    run_job(replace(_job(SAMPLES / "digits_cnn.onnx", quant), evaluation=None, benchmark=None, gates=Gates()))
 
     feeds = batch_feeds(open_data(DataConfig("synthetic"), input_specs(load_model(quant).proto)), 1)
     sink = open(os.devnull, "w")  # noqa: SIM115 - held for the whole run

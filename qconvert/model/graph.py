@@ -144,3 +144,15 @@ def sort_nodes(graph: onnx.GraphProto) -> None:
     if len(order) == len(nodes) and order != sorted(order):
         del graph.node[:]
         graph.node.extend(nodes[i] for i in order)
+
+
+def name_unnamed(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name: exclusions, keep lists and reports need one."""
+    taken = {gn.node.name for gn in iter_nodes(model.graph) if gn.node.name}
+    counter = 0
+    for gn in iter_nodes(model.graph):
+        if not gn.node.name:
+            while f"{gn.node.op_type}_{counter}" in taken:
+                counter += 1
+            gn.node.name = f"{gn.node.op_type}_{counter}"
+            taken.add(gn.node.name)

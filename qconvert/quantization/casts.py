@@ -40,19 +40,20 @@ def to_float16(model: onnx.ModelProto, *, io_float32: bool, keep_nodes: set[str]
     return converted
 
 
-def float_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every float32 initializer and Constant value, by name (a Constant by its output), as loaded."""
-    found: dict[str, np.ndarray] = {}
-    for graph, _ in iter_graphs(model.graph):
-        for tensor in graph.initializer:
-            if tensor.data_type == FLOAT:
-                found[tensor.name] = numpy_helper.to_array(tensor)
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output:
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.t.data_type == FLOAT:
-                        found[node.output[0]] = numpy_helper.to_array(attr.t)
+def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """A graph's float32 initializers and Constant values, by name (a Constant by its output)."""
+    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == FLOAT}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == FLOAT:
+                    found[node.output[0]] = numpy_helper.to_array(attr.t)
     return found
+
+
+def float_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every graph's float32 initializers and Constant values, by name, as loaded."""
+    return {name: value for graph, _ in iter_graphs(model.graph) for name, value in graph_constants(graph).items()}
 
 
 def _bfloat16(value: np.ndarray, name: str) -> onnx.TensorProto:

@@ -28,17 +28,24 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from qconvert.calibration import CalibrationData
 from qconvert.config import FP16_MAX, FP16_TINY, FloatConfig, FloatType
 from qconvert.errors import ModelError, first_line
 from qconvert.model.files import check_output_path, move_into_place, save_model, staging_dir
-from qconvert.model.graph import PROTOBUF_LIMIT, iter_graphs, iter_nodes, model_nbytes, sort_nodes, typed_names
+from qconvert.model.graph import (
+    PROTOBUF_LIMIT,
+    iter_graphs,
+    iter_nodes,
+    model_nbytes,
+    name_unnamed,
+    sort_nodes,
+    typed_names,
+)
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import check_loads, cpu_casts, has_kernel, quiet_onnxruntime, resolve, typed_kernels
 from qconvert.quantization import casts
-from qconvert.quantization.planning import quantization_kinds
+from qconvert.quantization.planning import refuse_quantized
 from qconvert.quantization.ranges import tensor_peaks
 from qconvert.results import ConvertResult, SkippedNode
 
@@ -95,29 +102,6 @@ def _float_nodes(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str]]
                 yield node, where
 
 
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name: the converter keeps nodes by name."""
-    taken = {gn.node.name for gn in iter_nodes(model.graph) if gn.node.name}
-    for i, gn in enumerate(iter_nodes(model.graph)):
-        if not gn.node.name:
-            name = f"{gn.node.op_type}_{i}"
-            while name in taken:
-                name += "_"
-            gn.node.name = name
-            taken.add(name)
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The float32 weights a graph's nodes read: initializers and Constant outputs."""
-    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == FLOAT}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            for attr in node.attribute:
-                if attr.name == "value" and attr.t.data_type == FLOAT:
-                    found[node.output[0]] = numpy_helper.to_array(attr.t)
-    return found
-
-
 def _out_of_range(peak: float) -> str | None:
     if peak > FP16_MAX:
         return f"beyond float16's {FP16_MAX:g}"
@@ -167,7 +151,8 @@ class _Policy:
         """float16 only: weights out of its range keep the nodes that read them, and the Constant
         that makes one (the converter would clamp its value)."""
         for graph, where in iter_graphs(self.model.graph):
-            peaks = {name: float(np.abs(v[np.isfinite(v)]).max(initial=0.0)) for name, v in _constants(graph).items()}
+            constants = casts.graph_constants(graph)
+            peaks = {name: float(np.abs(v[np.isfinite(v)]).max(initial=0.0)) for name, v in constants.items()}
             makers = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
             for node in graph.node:
                 for name in node.input:
@@ -259,11 +244,7 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     out = Path(output)
     check_output_path(out, inputs=(loaded.path,), force=force)
-    kinds = quantization_kinds(loaded.proto)
-    if any(kinds.values()):
-        found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-        raise ModelError(f"{loaded.path} is quantized ({found} nodes): convert writes float models in 16 bits",
-                         hint="convert the FP32 original")
+    refuse_quantized(loaded, "convert writes float models in 16 bits", hint="convert the FP32 original")
     started = time.perf_counter()
     warnings: list[str] = []
     external = loaded.uses_external_data or model_nbytes(loaded.proto) >= PROTOBUF_LIMIT
@@ -282,7 +263,7 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         if not fp16 and opset_before < _bf16_opset(proto):
             proto = _upgrade(proto, _bf16_opset(proto))
         proto = _typed(proto, work, external)
-        _name_nodes(proto)
+        name_unnamed(proto)
         policy = _Policy(proto, config, warnings)
         if not policy.nodes:
             raise ModelError(f"{loaded.path} has no float32 tensor to convert",

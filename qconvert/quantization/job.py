@@ -27,14 +27,21 @@ from qconvert.config import (
     WeightMethod,
     WeightType,
 )
-from qconvert.errors import ModelError, NothingQuantizedError, RuntimeFailure, UsageError
+from qconvert.errors import NothingQuantizedError, RuntimeFailure, UsageError
 from qconvert.model.files import check_output_path, file_nbytes, move_into_place, staging_dir
 from qconvert.model.graph import PROTOBUF_LIMIT, all_initializers, has_subgraphs, iter_nodes, model_nbytes
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import check_loads, quiet_onnxruntime
 from qconvert.quantization import adapter
 from qconvert.quantization.float_outputs import free_outputs
-from qconvert.quantization.planning import Plan, plan, quantization_kinds, quantized_names, skip_reason
+from qconvert.quantization.planning import (
+    Plan,
+    plan,
+    quantization_kinds,
+    quantized_names,
+    refuse_quantized,
+    skip_reason,
+)
 from qconvert.quantization.preparation import prepare
 from qconvert.quantization.qat import QatWeight, fold_qat, qat_weights
 from qconvert.quantization.ranges import Calibration, calibrate
@@ -114,11 +121,7 @@ class QuantizeJob:
 
     def __init__(self, loaded: LoadedModel, out: Path, data: CalibrationData | None, config: QuantizeConfig,
                  work: Path) -> None:
-        kinds = quantization_kinds(loaded.proto)
-        if any(kinds.values()):
-            found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-            raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
-                             hint="quantize the FP32 original instead")
+        refuse_quantized(loaded)
         if config.mode is Mode.WEIGHT_ONLY:
             raise UsageError("weight-only quantization has no static/dynamic job steps",
                              hint="call qconvert.quantize with mode=weight-only")

@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qconvert.config import Mode, QuantizeConfig
+from qconvert.errors import ModelError
 from qconvert.model.graph import all_initializers, iter_graphs, iter_nodes
 from qconvert.quantization.adapter import candidate_op_types
 
 if TYPE_CHECKING:
     import onnx
+
+    from qconvert.model.loading import LoadedModel
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -43,6 +46,15 @@ def quantization_kinds(model: onnx.ModelProto) -> dict[str, int]:
         elif op.startswith("QLinear"):
             kinds["qoperator"] += 1
     return kinds
+
+
+def refuse_quantized(model: LoadedModel, why: str = "", *, hint: str = "quantize the FP32 original instead") -> None:
+    """A ModelError when `model` is already quantized, naming its quantized nodes by format."""
+    kinds = quantization_kinds(model.proto)
+    if any(kinds.values()):
+        found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        raise ModelError(f"{model.path} is already quantized ({found} nodes)" + (f": {why}" if why else ""),
+                         hint=hint)
 
 
 @dataclass(frozen=True)

@@ -32,15 +32,23 @@ from qconvert.config import (
     WeightMethod,
     WeightOnlyConfig,
 )
-from qconvert.errors import ModelError, NothingQuantizedError, UsageError
+from qconvert.errors import NothingQuantizedError, UsageError
 from qconvert.model.decoder import DecoderFeeds, require_decoder
 from qconvert.model.files import check_output_path, move_into_place, save_model, staging_dir
 from qconvert.model.folders import copy_model_folder
-from qconvert.model.graph import PROTOBUF_LIMIT, iter_nodes, iter_scopes, model_nbytes, subgraphs, tensor_nbytes
+from qconvert.model.graph import (
+    PROTOBUF_LIMIT,
+    iter_nodes,
+    iter_scopes,
+    model_nbytes,
+    name_unnamed,
+    subgraphs,
+    tensor_nbytes,
+)
 from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import check_loads, quiet_onnxruntime
 from qconvert.quantization import gptq, nbits
-from qconvert.quantization.planning import quantization_kinds
+from qconvert.quantization.planning import refuse_quantized
 from qconvert.results import OpTypeCount, QuantizedWeight, QuantizeResult, SkippedNode
 
 if TYPE_CHECKING:
@@ -112,18 +120,6 @@ def _logits_producers(graph: onnx.GraphProto) -> set[str]:
                 break
             name = node.input[0] if node.input else None
     return found
-
-
-def name_unnamed(model: onnx.ModelProto) -> None:
-    """Give every unnamed node a unique name: exclusions, 8-bit choices and reports need one."""
-    taken = {gn.node.name for gn in iter_nodes(model.graph) if gn.node.name}
-    counter = 0
-    for gn in iter_nodes(model.graph):
-        if not gn.node.name:
-            while f"{gn.node.op_type}_{counter}" in taken:
-                counter += 1
-            gn.node.name = f"{gn.node.op_type}_{counter}"
-            taken.add(gn.node.name)
 
 
 def materialize_transposed_weights(model: onnx.ModelProto) -> int:
@@ -264,11 +260,7 @@ class WeightJob:
         if config.weight_only.method is WeightMethod.GPTQ and calibration is None:
             raise UsageError("GPTQ needs calibration text", hint="add --calib-text FILE (or --weight-method rtn)")
         self.loaded = loaded = model if isinstance(model, LoadedModel) else load_model(model)
-        kinds = quantization_kinds(loaded.proto)
-        if any(kinds.values()):
-            found = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-            raise ModelError(f"{loaded.path} is already quantized ({found} nodes)",
-                             hint="quantize the FP32 original instead")
+        refuse_quantized(loaded)
         started = time.perf_counter()
         with progress.task("reading weights", total=None):
             self.proto = loaded.owned_copy()
