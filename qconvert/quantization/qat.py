@@ -311,12 +311,13 @@ def fold_qat(loaded: LoadedModel, output: str | Path, *, config: QuantizeConfig,
         raise NothingQuantizedError(f"no float weight of {loaded.path} behind QuantizeLinear can be folded",
                                     hint="no output was written", details=tuple(sorted({s.reason for s in skipped})))
     warnings = ["a QAT export: its weights were folded with the scales training chose, and nothing was calibrated"]
-    if config.target is Target.QNN:
+    if config.target is Target.QNN or not config.float_outputs:  # an NPU that runs whole Q/DQ node units
+        why = "--target qnn" if config.target is Target.QNN else "--quantize-all-outputs (an NPU provider)"
         units = _complete_units(proto.graph)
         biases = _quantize_biases(proto.graph)
-        warnings.append(f"--target qnn: {units} value-moving op(s) given a Q/DQ pair on their input's grid (node "
-                        f"units), {biases} float bias(es) of Conv/Gemm stored as int32 at input × weight scale (QNN's "
-                        "HTP runs no float bias); every other Q/DQ stays as training placed it")
+        warnings.append(f"{why}: {units} value-moving op(s) given a Q/DQ pair on their input's grid (node units), "
+                        f"{biases} float bias(es) of Conv/Gemm stored as int32 at input × weight scale (QNN's and "
+                        "Vitis AI's NPUs run no float bias); every other Q/DQ stays as training placed it")
         sort_nodes(proto.graph)
     for graph, _ in iter_graphs(proto.graph):
         _drop_unused(graph)

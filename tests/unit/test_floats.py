@@ -141,7 +141,7 @@ def test_refusals_write_nothing(tmp_path: Path, cnn: Path, cnn_calib: Path) -> N
     before = set(tmp_path.iterdir())
     quantized = tmp_path / "q.onnx"
     quantize(cnn, quantized)
-    with pytest.raises(ModelError, match="is already quantized .*: convert writes float models in 16 bits"):
+    with pytest.raises(ModelError, match=r"is already quantized .*: convert writes float models in 16 bits"):
         convert(quantized, tmp_path / "a.onnx")
     convert(cnn, tmp_path / "half.onnx", config=FloatConfig(io_float32=False))
     with pytest.raises(ModelError, match="no float32 tensor to convert"):

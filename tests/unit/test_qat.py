@@ -111,3 +111,5 @@ def test_the_qnn_target_completes_node_units_and_stores_biases_as_int32(tmp_path
     images = np.load(SAMPLES / "digits.eval.npz")["image"][:64]
     reference, found = models.run(QAT, {"image": images})[0], models.run(tmp_path / "q.onnx", {"image": images})[0]
     assert min(cosine(a, b) for a, b in zip(reference, found, strict=True)) >= 0.99999
+    npu = quantize(QAT, tmp_path / "npu.onnx", config=QuantizeConfig(float_outputs=False))  # what --ep qnn sets
+    assert any(w.startswith("--quantize-all-outputs (an NPU provider): 2 value-moving") for w in npu.warnings)
