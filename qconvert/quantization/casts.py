@@ -51,15 +51,20 @@ def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return found
 
 
-def float_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Every graph's float32 initializers and Constant values, by name, as loaded."""
-    return {name: value for graph, _ in iter_graphs(model.graph) for name, value in graph_constants(graph).items()}
+def bfloat16_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every graph's float32 initializers and Constant values, by name, rounded to bfloat16 (half
+    the bytes of keeping them in float32 until `to_bfloat16` needs them)."""
+    import ml_dtypes
+
+    return {name: value.astype(ml_dtypes.bfloat16) for graph, _ in iter_graphs(model.graph)
+            for name, value in graph_constants(graph).items()}
 
 
 def _bfloat16(value: np.ndarray, name: str) -> onnx.TensorProto:
     import ml_dtypes
 
-    return numpy_helper.from_array(value.astype(np.float32).astype(ml_dtypes.bfloat16), name)
+    return numpy_helper.from_array(value if value.dtype == ml_dtypes.bfloat16 else
+                                   value.astype(np.float32).astype(ml_dtypes.bfloat16), name)
 
 
 def _retyped(tensor: onnx.TensorProto, original: np.ndarray | None) -> onnx.TensorProto:
@@ -76,7 +81,8 @@ def _attribute_tensors(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto,
 
 def to_bfloat16(model: onnx.ModelProto, originals: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A float16 model from `to_float16` retyped to bfloat16, in place: types, Cast targets, dtype
-    attributes, and constants rounded from their float32 `originals` (see `float_constants`)."""
+    attributes, and constants taken from their bfloat16 `originals` (see `bfloat16_constants`),
+    rounded from float32 and not through float16's range."""
     for graph, _ in iter_graphs(model.graph):
         for i, tensor in enumerate(graph.initializer):
             if tensor.data_type == FLOAT16:

@@ -211,14 +211,20 @@ def _bypass_round_trips(graph: onnx.GraphProto, inserted: set[str]) -> None:
             graph.node.remove(node)
 
 
-def _typed(model: onnx.ModelProto, work: Path, external: bool) -> onnx.ModelProto:
-    """`model` with ONNX's inferred types on every tensor (the converter places casts by them)."""
-    if not external:
-        return onnx.shape_inference.infer_shapes(model)
-    source, typed = work / "source.onnx", work / "typed.onnx"
-    save_model(model, source, external=True)
-    onnx.shape_inference.infer_shapes_path(str(source), str(typed))
-    return onnx.load(str(typed))
+def _typed(loaded: LoadedModel, opset: int | None) -> onnx.ModelProto:
+    """The model, upgraded to `opset` when given, with ONNX's inferred types on every tensor (the
+    converter places casts by them), then its weights: inference and the upgrade read the graph
+    alone, so external weights are read once, and models over 2 GB work."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(loaded.proto)  # external weights stay on disk here
+    if opset is not None:
+        proto = _upgrade(proto, opset)
+    proto = onnx.shape_inference.infer_shapes(proto)
+    if loaded.uses_external_data:
+        load_external_data_for_model(proto, str(loaded.path.parent))
+    return proto
 
 
 def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
@@ -258,11 +264,8 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         if data is not None:
             with quiet_onnxruntime():
                 peaks, samples = tensor_peaks(loaded.path, data, work, external=external)
-        proto = loaded.owned_copy()
-        opset_before = default_opset(proto)
-        if not fp16 and opset_before < _bf16_opset(proto):
-            proto = _upgrade(proto, _bf16_opset(proto))
-        proto = _typed(proto, work, external)
+        opset_before, needed = default_opset(loaded.proto), _bf16_opset(loaded.proto)
+        proto = _typed(loaded, needed if not fp16 and opset_before < needed else None)
         name_unnamed(proto)
         policy = _Policy(proto, config, warnings)
         if not policy.nodes:
@@ -274,7 +277,7 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         if fp16:
             policy.weights()
             policy.activations(peaks)
-        originals = {} if fp16 else casts.float_constants(proto)
+        originals = {} if fp16 else casts.bfloat16_constants(proto)
         before = {gn.node.name for gn in iter_nodes(proto.graph)}
         with quiet_onnxruntime():
             proto = casts.to_float16(proto, io_float32=config.io_float32, keep_nodes=policy.keep.names)
