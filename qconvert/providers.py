@@ -295,16 +295,19 @@ def create_session(model: str | Path, ep: EPConfig) -> Any:
                          hint="check the model with `qconvert inspect` and the --ep-option values") from exc
 
 
-def cpu_session(model: str | Path | bytes, *, threads: int = 0) -> Any:
+def cpu_session(model: str | Path | bytes, *, threads: int = 0, weights: Path | None = None) -> Any:
     """A session on the CPU provider for qconvert's own runs of a model (load checks, calibration,
     analysis, the search's measurements): graph optimisations off, so it is fast to create and every
-    tensor exists under its own name; `threads` 0 lets onnxruntime choose. Load errors are onnxruntime's."""
+    tensor exists under its own name; `threads` 0 lets onnxruntime choose; `weights`: where a model
+    given as bytes finds its external data. Load errors are onnxruntime's."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    if weights is not None:  # a model passed as bytes reads its external data from this folder
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights))
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=[CPU])
 
 

@@ -40,15 +40,17 @@ def to_float16(model: onnx.ModelProto, *, io_float32: bool, keep_nodes: set[str]
     return converted
 
 
-def graph_constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """A graph's float32 initializers and Constant values, by name (a Constant by its output)."""
-    found = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == FLOAT}
+def graph_constants(graph: onnx.GraphProto) -> Iterator[tuple[str, np.ndarray]]:
+    """A graph's float32 initializers and Constant values with their names (a Constant's output),
+    one at a time: a model's weights are never all copied at once."""
+    for tensor in graph.initializer:
+        if tensor.data_type == FLOAT:
+            yield tensor.name, numpy_helper.to_array(tensor)
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
             for attr in node.attribute:
                 if attr.name == "value" and attr.t.data_type == FLOAT:
-                    found[node.output[0]] = numpy_helper.to_array(attr.t)
-    return found
+                    yield node.output[0], numpy_helper.to_array(attr.t)
 
 
 def bfloat16_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -57,7 +59,7 @@ def bfloat16_constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     import ml_dtypes
 
     return {name: value.astype(ml_dtypes.bfloat16) for graph, _ in iter_graphs(model.graph)
-            for name, value in graph_constants(graph).items()}
+            for name, value in graph_constants(graph)}
 
 
 def _bfloat16(value: np.ndarray, name: str) -> onnx.TensorProto:

@@ -102,6 +102,14 @@ def _float_nodes(model: onnx.ModelProto) -> Iterator[tuple[onnx.NodeProto, str]]
                 yield node, where
 
 
+def _peak(value: np.ndarray) -> float:
+    """The largest finite |x| (0 for none), without copying a finite tensor."""
+    high, low = np.fmax.reduce(value, axis=None, initial=-np.inf), np.fmin.reduce(value, axis=None, initial=np.inf)
+    if np.isfinite(high) and np.isfinite(low):
+        return float(max(abs(high), abs(low)))
+    return float(np.abs(value[np.isfinite(value)]).max(initial=0.0))
+
+
 def _out_of_range(peak: float) -> str | None:
     if peak > FP16_MAX:
         return f"beyond float16's {FP16_MAX:g}"
@@ -151,8 +159,7 @@ class _Policy:
         """float16 only: weights out of its range keep the nodes that read them, and the Constant
         that makes one (the converter would clamp its value)."""
         for graph, where in iter_graphs(self.model.graph):
-            constants = casts.graph_constants(graph)
-            peaks = {name: float(np.abs(v[np.isfinite(v)]).max(initial=0.0)) for name, v in constants.items()}
+            peaks = {name: _peak(v) for name, v in casts.graph_constants(graph)}
             makers = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
             for node in graph.node:
                 for name in node.input:
@@ -288,19 +295,20 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
             proto = casts.to_bfloat16(proto, originals)
         staged = work / out.name
         save_model(proto, staged, external=external)
+        kept, float_nodes = list(policy.keep.reasons.values()), len(policy.nodes)
+        opset_after, casted = default_opset(proto), cpu_casts(proto, ELEMENT[config.to])[1]
+        del proto, policy, originals  # their memory (the weights, twice over) is not needed to check the file
         _check(staged, config.to)
         bytes_after = move_into_place(staged, out)
-    kept = policy.keep.reasons
     if data is None and fp16:
         warnings.append("no activation range was checked (no calibration data): values past 65504 overflow float16 "
                         "(inf, or 65504 where a kernel saturates); --calib DATA checks them")
     return ConvertResult(
         input_path=str(loaded.path), output_path=str(out), config=config.to_dict(),
         data=data.to_dict() if data is not None else None, calibration_samples=samples,
-        float_nodes=len(policy.nodes), kept=list(kept.values()), bytes_before=loaded.file_bytes,
-        bytes_after=bytes_after,
-        opset_before=opset_before, opset_after=default_opset(proto), seconds=time.perf_counter() - started,
-        cpu_casts=cpu_casts(proto, ELEMENT[config.to])[1], warnings=warnings)
+        float_nodes=float_nodes, kept=kept, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
+        opset_before=opset_before, opset_after=opset_after, seconds=time.perf_counter() - started,
+        cpu_casts=casted, warnings=warnings)
 
 
 def _check(path: Path, to: FloatType) -> None:

@@ -17,6 +17,7 @@ per sample for the histogram methods.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,11 +109,25 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[st
 
 
 def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, external: bool, failure: str,
-                     hint: str, threads: int = 0) -> onnxruntime.InferenceSession:
+                     hint: str, threads: int = 0, weights: Path | None = None) -> onnxruntime.InferenceSession:
     """A CPU session on `model`, saved at `path` with `tensors` added to its outputs (graph
     optimizations off, so every tensor exists as named). `model` itself is left as it was.
-    A load failure is a ModelError: "`failure`: <onnxruntime's first line>"."""
+    `weights`: the folder of the external data `model` refers to (its graph is then passed as bytes,
+    and nothing is saved). A load failure is a ModelError: "`failure`: <onnxruntime's first line>"."""
     import onnx
+
+    if weights is not None:
+        kept = len(model.graph.output)
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in tensors
+                                  if n not in {o.name for o in model.graph.output[:kept]})
+        try:
+            graph = model.SerializeToString()
+        finally:
+            del model.graph.output[kept:]
+        try:
+            return cpu_session(graph, threads=threads, weights=weights)
+        except Exception as exc:
+            raise ModelError(f"{failure}: {first_line(exc)}", hint=hint) from exc
 
     kept = len(model.graph.output)
     outputs = {o.name for o in model.graph.output}
@@ -201,11 +216,16 @@ def _collect(session: onnxruntime.InferenceSession, data: CalibrationData, tenso
 def tensor_peaks(model_path: Path, data: CalibrationData, work: Path, *,
                  external: bool) -> tuple[dict[str, float], int]:
     """The largest finite |x| of every float tensor the main graph's nodes read or write (initializers
-    aside) over every sample, and the samples read."""
-    model = _typed_graph(model_path, work)
+    aside) over every sample, and the samples read. An external model's weights are never read into
+    Python: onnxruntime reads them from the model's own folder."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    with contextlib.suppress(Exception):  # best effort, as onnxruntime's own loader does
+        model = onnx.shape_inference.infer_shapes(model)
     tensors = tensors_to_calibrate(model, [])
-    session = exposing_session(model, tensors, work / "exposed.onnx", external=external, failure=CANNOT_RUN,
-                               hint=CANNOT_RUN_HINT)
+    session = exposing_session(model, tensors, work / "exposed.onnx", external=False, failure=CANNOT_RUN,
+                               hint=CANNOT_RUN_HINT, weights=model_path.parent if external else None)
     stats, samples = _collect(session, data, tensors, "activation ranges")
     return {name: float(np.fmax(np.abs(s.low), np.abs(s.high))) for name, s in stats.items()}, samples
 
