@@ -29,6 +29,10 @@ demo: $(STAMP)
 		--mode dynamic \
 		--validate sample_models/digits.eval.npz --labels labels --max-drop 1 \
 		--benchmark --runs 200 --report $(DEMO)/digits_transformer.report.json
+	$(BIN)/qconvert convert sample_models/digits_cnn.onnx -o $(DEMO)/digits_cnn.fp16.onnx --force \
+		--calib sample_models/digits.calib.npz
+	$(BIN)/qconvert quantize sample_models/digits_cnn_qat.onnx -o $(DEMO)/digits_cnn_qat.int8.onnx --force \
+		--validate sample_models/digits.eval.npz --labels labels --max-drop 1
 	mkdir -p $(DEMO)/tiny_llm
 	$(BIN)/qconvert quantize sample_models/tiny_llm/model.onnx -o $(DEMO)/tiny_llm/model.onnx --force \
 		--mode weight-only --calib-text sample_models/tiny_llm/calib.txt \
