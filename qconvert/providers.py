@@ -210,11 +210,18 @@ def resolve(provider: str) -> ProviderInfo:
              "`qconvert providers` lists what is installed")
 
 
+KERNEL_LISTING = "onnxruntime"  # the build whose kernel listing is known to work
+
+
 @functools.cache
 def typed_kernels(provider: str, element: str) -> frozenset[tuple[str, str]] | None:
     """(domain, op type) of every kernel this onnxruntime build registers for `provider` (full name)
     that takes `element` tensors (`float16`, `bfloat16`); None when it registers no kernel at all
-    for the provider (one compiled as a whole graph, such as OpenVINO's, or one not built in)."""
+    for the provider (one compiled as a whole graph, such as OpenVINO's, or one not built in), or
+    when the build cannot list its kernels: only the `onnxruntime` wheel's listing is relied on
+    (onnxruntime-openvino 1.24's crashes the process)."""
+    if onnxruntime_distribution() != KERNEL_LISTING:
+        return None
     from onnxruntime.capi import onnxruntime_pybind11_state as native
 
     kernels = [k for k in native.get_all_opkernel_def() if k.provider == provider]
@@ -231,12 +238,15 @@ def has_kernel(node: onnx.NodeProto, kernels: frozenset[tuple[str, str]]) -> boo
         "" if node.domain == "ai.onnx" else node.domain, node.op_type) in kernels
 
 
-def cpu_casts(model: onnx.ModelProto, element: str = "float16") -> tuple[int, int]:
+def cpu_casts(model: onnx.ModelProto, element: str = "float16") -> tuple[int, int] | None:
     """For a typed model: how many nodes read or write `element` tensors, and how many of those
-    onnxruntime's CPU provider has no `element` kernel for (it runs them in float32, between casts)."""
+    onnxruntime's CPU provider has no `element` kernel for (it runs them in float32, between casts);
+    None when this onnxruntime cannot say (`typed_kernels`)."""
     import onnx
 
-    kernels = typed_kernels(CPU, element) or frozenset()
+    kernels = typed_kernels(CPU, element)
+    if kernels is None:
+        return None
     wanted = onnx.TensorProto.BFLOAT16 if element == "bfloat16" else onnx.TensorProto.FLOAT16
     nodes = casted = 0
     for graph, _ in iter_graphs(model.graph):

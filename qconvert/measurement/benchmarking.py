@@ -19,6 +19,7 @@ from qconvert.calibration import data_for
 from qconvert.config import CPU, DEFAULT_RUNS, BenchmarkConfig, DataConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.measurement.decoding import decode_speed
+from qconvert.model.graph import iter_graphs, typed_names
 from qconvert.model.loading import check_model_file
 from qconvert.providers import cpu_casts, create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import BenchmarkResult, Gate, Latency, Placement, provider_gates
@@ -131,13 +132,17 @@ def _cast_warning(path: Path, provider: str) -> str | None:
 
     if provider != CPU:
         return None
+    graph = onnx.load(str(path), load_external_data=False)
+    if not any(typed_names(g, onnx.TensorProto.FLOAT16) for g, _ in iter_graphs(graph.graph)):
+        return None  # no float16 weight or input or output: not a float16 model
     try:
-        typed = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+        typed = onnx.shape_inference.infer_shapes(graph)
     except Exception:  # noqa: BLE001 - only a remark: a model inference cannot type gets none
         return None
-    nodes, casted = cpu_casts(typed)
-    if not casted:
+    found = cpu_casts(typed)
+    if not found or not found[1]:
         return None
+    nodes, casted = found
     return (f"{path.name}: {casted} of its {nodes} float16 nodes have no float16 kernel in onnxruntime's CPU provider "
             "and run in float32 between inserted casts: expect it no faster than FP32 here; float16 is for GPUs and "
             "NPUs (--ep)")

@@ -46,6 +46,7 @@ from qconvert.model.loading import LoadedModel, load_model
 from qconvert.providers import check_loads, cpu_casts, has_kernel, quiet_onnxruntime, resolve, typed_kernels
 from qconvert.quantization import casts
 from qconvert.quantization.planning import refuse_quantized
+from qconvert.quantization.preparation import remove_initializer_inputs
 from qconvert.quantization.ranges import tensor_peaks
 from qconvert.results import ConvertResult, SkippedNode
 
@@ -148,8 +149,8 @@ class _Policy:
         element = ELEMENT[self.config.to]
         kernels = typed_kernels(provider, element)
         if kernels is None:
-            self.warnings.append(f"onnxruntime registers no kernels for {provider} (it compiles whole graphs): "
-                                 f"which ops it runs in {element} was not checked")
+            self.warnings.append(f"onnxruntime lists no kernels for {provider} (it compiles whole graphs, or this "
+                                 f"build cannot list them): which ops it runs in {element} was not checked")
             return
         for node, graph in self.nodes:
             if not has_kernel(node, kernels):
@@ -218,6 +219,17 @@ def _bypass_round_trips(graph: onnx.GraphProto, inserted: set[str]) -> None:
             graph.node.remove(node)
 
 
+def _drop_inferred_types(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Drop the value_info the converter needed and the input did not have (onnxruntime infers them
+    again): a small model would otherwise grow by its every tensor's type."""
+    had = {v.name for graph, _ in iter_graphs(source.graph) for v in graph.value_info}
+    for graph, _ in iter_graphs(model.graph):
+        kept = [v for v in graph.value_info if v.name in had]
+        if len(kept) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
+
+
 def _typed(loaded: LoadedModel, opset: int | None) -> onnx.ModelProto:
     """The model, upgraded to `opset` when given, with ONNX's inferred types on every tensor (the
     converter places casts by them), then its weights: inference and the upgrade read the graph
@@ -226,6 +238,7 @@ def _typed(loaded: LoadedModel, opset: int | None) -> onnx.ModelProto:
 
     proto = onnx.ModelProto()
     proto.CopyFrom(loaded.proto)  # external weights stay on disk here
+    remove_initializer_inputs(proto)  # weights listed as inputs too (IR 3, Caffe2) would stay float32 behind casts
     if opset is not None:
         proto = _upgrade(proto, opset)
     proto = onnx.shape_inference.infer_shapes(proto)
@@ -273,7 +286,9 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
                 peaks, samples = tensor_peaks(loaded.path, data, work, external=external)
         opset_before, needed = default_opset(loaded.proto), _bf16_opset(loaded.proto)
         proto = _typed(loaded, needed if not fp16 and opset_before < needed else None)
+        unnamed = {id(gn.node) for gn in iter_nodes(proto.graph) if not gn.node.name}
         name_unnamed(proto)
+        given = {gn.node.name for gn in iter_nodes(proto.graph) if id(gn.node) in unnamed}
         policy = _Policy(proto, config, warnings)
         if not policy.nodes:
             raise ModelError(f"{loaded.path} has no float32 tensor to convert",
@@ -291,12 +306,16 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         inserted = {gn.node.name for gn in iter_nodes(proto.graph)} - before
         _bypass_round_trips(proto.graph, inserted)
         sort_nodes(proto.graph)
+        _drop_inferred_types(proto, loaded.proto)
+        for gn in iter_nodes(proto.graph):  # the names given only to tell nodes apart, unless kept
+            if gn.node.name in given and gn.node.name not in policy.keep.reasons:
+                gn.node.name = ""
         if not fp16:
             proto = casts.to_bfloat16(proto, originals)
         staged = work / out.name
         save_model(proto, staged, external=external)
         kept, float_nodes = list(policy.keep.reasons.values()), len(policy.nodes)
-        opset_after, casted = default_opset(proto), cpu_casts(proto, ELEMENT[config.to])[1]
+        opset_after, casts_found = default_opset(proto), cpu_casts(proto, ELEMENT[config.to])
         del proto, policy, originals  # their memory (the weights, twice over) is not needed to check the file
         _check(staged, config.to)
         bytes_after = move_into_place(staged, out)
@@ -308,7 +327,7 @@ def write_floats(model: str | Path | LoadedModel, output: str | Path, data: Cali
         data=data.to_dict() if data is not None else None, calibration_samples=samples,
         float_nodes=float_nodes, kept=kept, bytes_before=loaded.file_bytes, bytes_after=bytes_after,
         opset_before=opset_before, opset_after=opset_after, seconds=time.perf_counter() - started,
-        cpu_casts=casted, warnings=warnings)
+        cpu_casts=casts_found[1] if casts_found else 0, warnings=warnings)
 
 
 def _check(path: Path, to: FloatType) -> None:
