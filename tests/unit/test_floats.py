@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qconvert import DataConfig, benchmark, convert, input_specs, open_data, quantize, validate
 from qconvert.cli.app import app
-from qconvert.config import CPU, BenchmarkConfig, FloatConfig, FloatType, ValidateConfig
+from qconvert.config import CPU, BenchmarkConfig, FloatConfig, FloatType, LanguageConfig, TextData, ValidateConfig
 from qconvert.errors import ExitCode, ModelError, OutputError, UsageError
 from qconvert.measurement.metrics import cosine
 from qconvert.providers import typed_kernels
@@ -215,3 +215,13 @@ def test_weights_listed_as_inputs_too_are_converted(tmp_path: Path) -> None:
     assert result.size_ratio > 1.5
     feeds = models.inputs_for(onnx.load(str(tmp_path / "o.onnx")), 4, seed=2)
     assert min(_cosines(models.run(src, feeds), models.run(tmp_path / "o.onnx", feeds))) >= 0.9999
+
+
+def test_a_float16_language_model_validates_on_text(tmp_path: Path) -> None:
+    """The sample decoder (KV cache in float32 inputs and outputs, casts inside) keeps its perplexity."""
+    folder = SAMPLES / "tiny_llm"
+    convert(folder / "model.onnx", tmp_path / "model.onnx")
+    found = validate(folder / "model.onnx", tmp_path / "model.onnx",
+                     TextData(text=folder / "eval.txt", tokenizer=folder / "tokenizer.json"),
+                     config=ValidateConfig(language=LanguageConfig(max_windows=4, prompts=0))).language
+    assert found is not None and abs(found.perplexity_ratio - 1) < 1e-3 and found.top1_agreement > 0.98
