@@ -123,8 +123,8 @@ def run_batch(jobs: Sequence[PipelineJob], *, workers: int = 1,
                 for sentinel in wait(list(running)):
                     process, index, job, began = running.pop(sentinel)
                     process.join()
-                    items[index] = collect(job, _read(work / f"{index}.json"), _death(job, process.exitcode),
-                                           time.monotonic() - began)
+                    outcome = _read(work / f"{index}.json") or _death(job, process.exitcode)
+                    items[index] = collect(job, outcome, time.monotonic() - began)
                     items[index].worker, items[index].waited = f"local process {process.pid}", began - started
                     model_done()
                     if on_done:
@@ -175,13 +175,10 @@ def _death(job: PipelineJob, exitcode: int | None) -> RuntimeFailure:
                           "system's out-of-memory killer", hint="run this model alone with --debug to see where")
 
 
-def collect(job: PipelineJob, outcome: PipelineResult | QconvertError | None, death: QconvertError,
-            seconds: float) -> BatchItem:
-    """A model's item from what its worker returned (None: it died, as `death` says)."""
+def collect(job: PipelineJob, outcome: PipelineResult | QconvertError, seconds: float) -> BatchItem:
+    """A model's item from what its worker returned: its result, or the error it failed with."""
     item = BatchItem(str(job.model), str(job.output), Status.FAILED, seconds)
-    if outcome is None:
-        item.error = death
-    elif isinstance(outcome, QconvertError):
+    if isinstance(outcome, QconvertError):
         item.error = outcome
     else:
         item.result = outcome

@@ -11,10 +11,11 @@ SLURM/PBS (dask-jobqueue).
   `retries` deaths); after that the model is recorded as failed, and the others go on. A job's own
   failure is its result, never an exception of the task. Ctrl-C cancels the outstanding tasks; a
   local cluster is closed and the temporaries its workers left beside the outputs are removed.
-- Files: a worker reads a job's inputs at their paths when it sees them (a shared file system) and
-  then writes the output itself. Otherwise the inputs — when they total at most the send limit —
-  travel with the task, the worker runs the job in a folder of its own, and the output comes back to
-  the client, which writes it all or nothing like a local run.
+- Files: when every worker sees the first job's inputs at their paths (a shared file system; asked
+  once), workers read inputs and write outputs in place. Otherwise a job's inputs — when they total
+  at most the send limit — travel with its task, and a worker that does not see them runs the job
+  in a folder of its own and sends the output back to the client, which writes it all or nothing
+  like a local run.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def _run(distributed: Any, client: Any, jobs: Sequence[PipelineJob], workers: in
     running: dict[str, tuple[Any, int, PipelineJob, float]] = {}  # key -> (future, index, job, submitted)
     finished = distributed.as_completed(loop=client.loop)
     token = secrets.token_hex(4)
+    shared = bool(jobs) and _shared(client, jobs[0])
     try:
         with progress.task("models", total=len(jobs)) as model_done:
             while pending or running:
@@ -171,10 +173,11 @@ def _run(distributed: Any, client: Any, jobs: Sequence[PipelineJob], workers: in
                     try:  # here, once: a task run again after its worker died may find its own output
                         check_output_path(job.output, inputs=(job.model,), force=job.force)
                     except QconvertError as exc:
-                        items[index] = collect(job, exc, exc, 0.0)
+                        items[index] = collect(job, exc, 0.0)
                         model_done()
                         continue
-                    payload = Payload(replace(job, force=True), _bundle(job, executor.send_limit, warnings), level)
+                    files = None if shared else _bundle(job, executor.send_limit, warnings)
+                    payload = Payload(replace(job, force=True), files, level)
                     future = client.submit(run_task, payload, key=f"qconvert-{index}-{token}", pure=False,
                                            retries=executor.retries, resources=resources)
                     running[future.key] = (future, index, job, time.monotonic())
@@ -195,17 +198,16 @@ def _item(distributed: Any, future: Any, job: PipelineJob, seconds: float, wall:
     try:
         done: TaskOutcome = future.result()
     except distributed.KilledWorker as exc:
-        return collect(job, None, RuntimeFailure(
+        return collect(job, RuntimeFailure(
             f"the Dask workers that ran {job.model} died each time ({first_line(exc)}): a crash in onnxruntime or "
             "onnx, or the worker's memory limit", hint="run this model alone with --debug to see where"), seconds)
     except Exception as exc:  # noqa: BLE001 - the task itself failed (not the job): that model's failure
-        return collect(job, None, RuntimeFailure(f"the Dask task for {job.model} failed: {first_line(exc)}",
-                                                 hint="check the workers' logs and qconvert's version on them"),
-                       seconds)
+        return collect(job, RuntimeFailure(f"the Dask task for {job.model} failed: {first_line(exc)}",
+                                           hint="check the workers' logs and qconvert's version on them"), seconds)
     outcome: PipelineResult | QconvertError = pickle.loads(done.outcome)  # our own task's, above
     if done.outputs is not None and isinstance(outcome, PipelineResult):
         _write_outputs(job.output, done.outputs)
-    item = collect(job, outcome, RuntimeFailure("unreachable"), seconds)
+    item = collect(job, outcome, seconds)
     item.worker, item.waited = done.worker, max(0.0, done.started - wall)
     return item
 
@@ -240,9 +242,16 @@ def _bundle(job: PipelineJob, limit: int, warnings: list[str]) -> dict[str, byte
     return {str(p): p.read_bytes() for p in files}
 
 
-def _visible(files: dict[str, bytes]) -> bool:
-    """Whether this worker sees the client's files (a shared file system)."""
-    return all(Path(name).is_file() and Path(name).stat().st_size == len(data) for name, data in files.items())
+def _sees(sizes: dict[str, int]) -> bool:
+    """Whether this process sees these files, at these sizes (a file system shared with the client)."""
+    return all(Path(name).is_file() and Path(name).stat().st_size == size for name, size in sizes.items())
+
+
+def _shared(client: Any, job: PipelineJob) -> bool:
+    """Whether every worker sees the client's files: asked once, of the first job's inputs. Then no
+    input travels with a task."""
+    answers = client.run(_sees, {str(p): p.stat().st_size for p in _input_files(job)})
+    return bool(answers) and all(answers.values())
 
 
 def run_task(payload: Payload) -> TaskOutcome:
@@ -257,7 +266,7 @@ def run_task(payload: Payload) -> TaskOutcome:
     with contextlib.suppress(OSError):
         os.dup2(2, 1)  # a worker's stdout may be the client's (a local cluster): results only go there
     logging.getLogger("qconvert").setLevel(payload.level)
-    if payload.files is None or _visible(payload.files):
+    if payload.files is None or _sees({name: len(data) for name, data in payload.files.items()}):
         return TaskOutcome(pickle.dumps(run_one(payload.job)), worker, began)
     with tempfile.TemporaryDirectory(prefix="qconvert-task-") as tmp:
         job, homes = _rebased(payload.job, payload.files, Path(tmp))
