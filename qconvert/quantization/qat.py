@@ -154,17 +154,26 @@ def _broadcast(param: np.ndarray, shape: tuple[int, ...], axis: int, block: int)
     return param.reshape(view)
 
 
-def quantized_values(weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, element: int, *,
-                     axis: int = 1, block: int = 0) -> np.ndarray:
-    """What QuantizeLinear computes: saturate(round_half_even(x / scale) + zero_point), in float32 as
-    onnxruntime does, as int64."""
+def _unsaturated(weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, *, axis: int,
+                 block: int) -> np.ndarray:
+    """round_half_even(x / scale) + zero_point in float32 division, as onnxruntime computes it, before
+    saturation (float64, exact for any integer type's range)."""
     x = weight.astype(np.float32)
-    s = _broadcast(scale.astype(np.float32), x.shape, axis, block)
-    q = np.rint(x / s).astype(np.float64)
+    q: np.ndarray = np.rint(x / _broadcast(scale.astype(np.float32), x.shape, axis, block)).astype(np.float64)
     if zero_point is not None:
         q += _broadcast(zero_point.astype(np.float64), x.shape, axis, block)
+    return q
+
+
+def quantized_values(weight: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, element: int, *,
+                     axis: int = 1, block: int = 0) -> np.ndarray:
+    """What QuantizeLinear computes: saturate(round_half_even(x / scale) + zero_point), as int64."""
+    return _saturated(_unsaturated(weight, scale, zero_point, axis=axis, block=block), element)
+
+
+def _saturated(values: np.ndarray, element: int) -> np.ndarray:
     low, high = INTEGER_RANGES[element]
-    clipped: np.ndarray = np.clip(q, low, high).astype(np.int64)
+    clipped: np.ndarray = np.clip(values, low, high).astype(np.int64)
     return clipped
 
 
@@ -186,13 +195,11 @@ def _fold(w: QatWeight, constants: _Constants) -> int:
     scale = constants.value(node.input[1])
     zero = constants.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     assert weight is not None and scale is not None
-    axis, block = _attr(node, "axis", 1), _attr(node, "block_size", 0)
-    unclamped = np.rint(weight.astype(np.float32) / _broadcast(scale.astype(np.float32), weight.shape, axis, block))
-    values = quantized_values(weight, scale, zero, w.element, axis=axis, block=block)
-    offset = 0 if zero is None else _broadcast(zero.astype(np.float64), weight.shape, axis, block)
+    exact = _unsaturated(weight, scale, zero, axis=_attr(node, "axis", 1), block=_attr(node, "block_size", 0))
+    values = _saturated(exact, w.element)
     w.graph.node.remove(node)
     w.graph.initializer.append(_integer_tensor(values, w.element, node.output[0]))
-    return int(np.count_nonzero(values != unclamped + offset))
+    return int(np.count_nonzero(values != exact))
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:
