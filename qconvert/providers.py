@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from qconvert.config import CPU, EPConfig, alias
 from qconvert.errors import EnvironmentFailure, ModelError, first_line
-from qconvert.model.graph import iter_graphs, typed_names
+from qconvert.model.graph import holds_type, iter_graphs, typed_names
 from qconvert.results import Placement, onnxruntime_distribution
 
 if TYPE_CHECKING:
@@ -266,8 +266,7 @@ def _is_bfloat16(model: Path) -> bool:
         proto = onnx.load(str(model), load_external_data=False)
     except Exception:  # noqa: BLE001 - unreadable: onnxruntime's own error says more
         return False
-    bf16 = onnx.TensorProto.BFLOAT16
-    return any(typed_names(graph, bf16) for graph, _ in iter_graphs(proto.graph))
+    return holds_type(proto, onnx.TensorProto.BFLOAT16)
 
 
 def create_session(model: str | Path, ep: EPConfig) -> Any:

@@ -19,7 +19,7 @@ from qconvert.calibration import data_for
 from qconvert.config import CPU, DEFAULT_RUNS, BenchmarkConfig, DataConfig
 from qconvert.errors import DataError, ModelError, UsageError, first_line
 from qconvert.measurement.decoding import decode_speed
-from qconvert.model.graph import iter_graphs, typed_names
+from qconvert.model.graph import holds_type
 from qconvert.model.loading import check_model_file
 from qconvert.providers import cpu_casts, create_session, placement, quiet_onnxruntime, resolve, signature
 from qconvert.results import BenchmarkResult, Gate, Latency, Placement, provider_gates
@@ -133,7 +133,7 @@ def _cast_warning(path: Path, provider: str) -> str | None:
     if provider != CPU:
         return None
     graph = onnx.load(str(path), load_external_data=False)
-    if not any(typed_names(g, onnx.TensorProto.FLOAT16) for g, _ in iter_graphs(graph.graph)):
+    if not holds_type(graph, onnx.TensorProto.FLOAT16):
         return None  # no float16 weight or input or output: not a float16 model
     try:
         typed = onnx.shape_inference.infer_shapes(graph)

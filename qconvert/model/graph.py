@@ -156,3 +156,8 @@ def name_unnamed(model: onnx.ModelProto) -> None:
                 counter += 1
             gn.node.name = f"{gn.node.op_type}_{counter}"
             taken.add(gn.node.name)
+
+
+def holds_type(model: onnx.ModelProto, element: int) -> bool:
+    """Whether an input, output, typed value or weight of any graph of `model` is of `element` type."""
+    return any(typed_names(graph, element) for graph, _ in iter_graphs(model.graph))

@@ -36,7 +36,7 @@ from typing import Any
 from qconvert import progress
 from qconvert.config import DataConfig, ExecutorConfig, PipelineJob, TextData
 from qconvert.errors import EnvironmentFailure, QconvertError, RuntimeFailure, first_line
-from qconvert.model.files import check_output_path, move_into_place, staging_dir, sweep_stale
+from qconvert.model.files import check_output_path, model_files, move_into_place, staging_dir, sweep_stale
 from qconvert.results import BatchItem, BatchResult, PipelineResult
 from qconvert.workflows.batch import collect, run_one
 
@@ -215,8 +215,6 @@ def _item(distributed: Any, future: Any, job: PipelineJob, seconds: float, wall:
 def _input_files(job: PipelineJob) -> list[Path]:
     """Every file the job reads: the model and its sidecars, and its data and text files (a folder's
     files included)."""
-    from qconvert.model.files import model_files
-
     found: list[Path] = list(model_files(job.model))
     sources = [d.source for d in (job.calibration, job.evaluation, job.search.evaluation if job.search else None)
                if isinstance(d, DataConfig)]
