@@ -185,13 +185,41 @@ def weight_nodes(model: onnx.ModelProto) -> list[WeightNode]:
             and n.cols > n.rows else n for n in nodes]
 
 
+EIGHT_BIT_BLOCKS = (128, 64)  # 8-bit blocks when free to choose: with blocks of 32, scales add 12 % to 8 bits
+
+
 def default_blocks(model: onnx.ModelProto, bits: int) -> int:
-    """The block size when none is given: 32 for 4 bits (accuracy); for 8 bits the largest of 128, 64, 32
-    that divides every embedding's width, so the table is quantized and a tied lm_head shares it."""
+    """The block size when none is given: 32 for 4 bits (accuracy); for 8 bits the largest of
+    EIGHT_BIT_BLOCKS, else 32, that divides every embedding's width, so the table is quantized and a tied
+    lm_head shares it."""
     if bits == 4:
         return 32
     widths = {n.cols for n in weight_nodes(model) if n.role == EMBEDDING}
-    return next((b for b in (128, 64) if all(w % b == 0 for w in widths)), 32)
+    return next((b for b in EIGHT_BIT_BLOCKS if all(w % b == 0 for w in widths)), 32)
+
+
+def block_size_of(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
+    """The block size `node` is quantized with at `bits`: the configuration's, except for the 8-bit weights
+    of a 4-bit model (the search's), which take the largest of EIGHT_BIT_BLOCKS, at least that large, dividing
+    the length they are blocked along (a MatMul's K, a table's width; a tied pair has one), else the
+    configuration's. A table's block then fits GatherBlockQuantized (`table_blocks`)."""
+    size = config.blocks
+    if bits == 8 and config.bits == 4:
+        length = node.cols if node.op_type == "Gather" else node.rows
+        size = next((b for b in EIGHT_BIT_BLOCKS if b >= size and length % b == 0), size)
+    if node.op_type == "Gather":
+        return table_blocks(node.cols, size) or size
+    return size
+
+
+def stored_bytes(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
+    """The bytes of `node`'s weight at `bits`: the codes, a float32 scale per block and, asymmetric, a
+    `bits`-wide zero point per block (rounded up to whole bytes per row of blocks)."""
+    size = block_size_of(node, bits, config)
+    length, others = (node.cols, node.rows) if node.op_type == "Gather" else (node.rows, node.cols)
+    blocks = -(-length // size)
+    zero_points = 0 if config.symmetric else others * -(-blocks * bits // 8)
+    return others * blocks * (size * bits // 8 + 4) + zero_points
 
 
 def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig) -> WeightPlan:
@@ -316,13 +344,13 @@ class WeightJob:
         if key in self._solved:
             return self._solved[key]
         weight = numpy_helper.to_array(self._tensors[node.weight]).astype(np.float32)
+        blocks = block_size_of(node, bits, config)
         if node.op_type == "Gather":  # a table is quantized along its rows' width
-            blocks = table_blocks(node.cols, config.blocks) or config.blocks
             return np.ascontiguousarray(gptq.rtn_quantize(weight.T, bits=bits, block_size=blocks,
                                                           symmetric=config.symmetric).T)
         matrix = weight.reshape(node.rows, node.cols)
         if config.method is not WeightMethod.GPTQ or node not in self.solvable:
-            return gptq.rtn_quantize(matrix, bits=bits, block_size=config.blocks,
+            return gptq.rtn_quantize(matrix, bits=bits, block_size=blocks,
                                      symmetric=config.symmetric).reshape(weight.shape)
         if self._hessians is None:
             assert self.calibration is not None
@@ -332,7 +360,7 @@ class WeightJob:
             self.calibration_seconds += time.perf_counter() - started
         started = time.perf_counter()
         self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
-                                               block_size=config.blocks, symmetric=config.symmetric
+                                               block_size=blocks, symmetric=config.symmetric
                                                ).reshape(weight.shape)
         self.calibration_seconds += time.perf_counter() - started
         return self._solved[key]
@@ -418,18 +446,20 @@ def _quantize(proto: onnx.ModelProto, the_plan: WeightPlan, config: WeightOnlyCo
     """Run onnxruntime's MatMul quantizer once per bit width, then replace the embedding Gathers."""
     matmuls = the_plan.quantized("MatMul")
     qdq = config.form is WeightForm.QDQ
+    every = {n.name for n in the_plan.nodes if n.op_type == "MatMul"}
     for width in (8, 4):
-        chosen = {n.name for n in matmuls if the_plan.bits[n.name] == width}
-        if chosen:
-            others = {n.name for n in the_plan.nodes if n.op_type == "MatMul"} - chosen
-            proto = nbits.quantize_matmuls(proto, bits=width, block_size=config.blocks,
-                                           symmetric=config.symmetric, accuracy_level=config.accuracy_level,
-                                           qdq=qdq, exclude=others)
+        sizes = {n.name: block_size_of(n, width, config) for n in matmuls if the_plan.bits[n.name] == width}
+        for size in sorted(set(sizes.values())):
+            chosen = {name for name, own in sizes.items() if own == size}
+            proto = nbits.quantize_matmuls(proto, bits=width, block_size=size, symmetric=config.symmetric,
+                                           accuracy_level=config.accuracy_level, qdq=qdq, exclude=every - chosen)
+    by_name = {n.name: n for n in the_plan.nodes}
     for gather in the_plan.quantized("Gather"):
         head = the_plan.tied.get(gather.name)
-        shared = head is not None and head not in the_plan.excluded and the_plan.bits[head] == the_plan.bits[
-            gather.name] and not qdq and table_blocks(gather.cols, config.blocks) == config.blocks
-        _replace_gather(proto, gather, the_plan.bits[gather.name], config, head if shared else None)
+        bits = the_plan.bits[gather.name]
+        shared = head is not None and head not in the_plan.excluded and the_plan.bits[head] == bits and not qdq \
+            and block_size_of(gather, bits, config) == block_size_of(by_name[head], bits, config)
+        _replace_gather(proto, gather, bits, config, head if shared else None)
     return proto
 
 
@@ -450,7 +480,7 @@ def _replace_gather(proto: onnx.ModelProto, gather: WeightNode, bits: int, confi
 
     graph, node = _find(proto, gather.name)
     vocab, width = gather.rows, gather.cols
-    block_size = table_blocks(width, config.blocks) or config.blocks
+    block_size = block_size_of(gather, bits, config)
     if head is not None:
         _, matmul = _find(proto, f"{head}_Q{bits}")
         packed, scales = matmul.input[1], matmul.input[2]
@@ -544,9 +574,10 @@ def _result(loaded: LoadedModel, out: Path, config: QuantizeConfig, the_plan: We
         weights.append(QuantizedWeight(n.name, n.op_type, n.role, n.params, bits, sum(sizes[i] for i in own),
                                        tied_to=head))
     warnings = []
-    used = {the_plan.bits[n.name] for n in the_plan.quantized("MatMul")}
-    for bits in sorted(used):
-        reason = slow_path(bits, weight_only.blocks, weight_only.accuracy_level)
+    used = {(the_plan.bits[n.name], block_size_of(n, the_plan.bits[n.name], weight_only))
+            for n in the_plan.quantized("MatMul")}
+    for bits, size in sorted(used):
+        reason = slow_path(bits, size, weight_only.accuracy_level)
         if reason and weight_only.form is WeightForm.NBITS:
             warnings.append(f"{bits}-bit MatMulNBits will run onnxruntime's slow CPU path (dequantize, then SGEMM): "
                             f"{reason}")

@@ -31,7 +31,7 @@ from qconvert.model.files import check_output_path, file_nbytes, remove_model, s
 from qconvert.model.loading import LoadedModel
 from qconvert.providers import quiet_onnxruntime
 from qconvert.quantization.ranges import exposing_session
-from qconvert.quantization.weight_only import WeightJob, WeightNode
+from qconvert.quantization.weight_only import WeightJob, stored_bytes
 from qconvert.results import QuantizeResult, WeightSearchResult, WeightSensitivity, WeightTrial
 
 RANKING_WINDOWS = 2  # evaluation windows each weight's effect is measured on
@@ -129,7 +129,9 @@ def _rank(job: WeightJob, text: TextData, work: Path, ep: EPConfig) -> list[Weig
                     kl += float(np.mean(np.sum(np.exp(ref) * (ref - cand), axis=-1)))
                 costs.append((group, kl / len(feeds)))
                 step()
-    extra = {tuple(g): sum(_extra_bytes(by_name[n], job.config.weight_only.blocks) for n in g[:1]) for g, _ in costs}
+    config = job.config.weight_only
+    extra = {tuple(g): stored_bytes(by_name[g[0]], 8, config) - stored_bytes(by_name[g[0]], 4, config)
+             for g, _ in costs}
     ranked = sorted(costs, key=lambda c: -c[1] / max(extra[tuple(c[0])], 1))
     return [WeightSensitivity(tuple(g), by_name[g[0]].role if len(g) == 1 else "lm_head+embedding", rank, kl,
                               extra[tuple(g)], False) for rank, (g, kl) in enumerate(ranked, start=1)]
@@ -159,9 +161,3 @@ def _groups(job: WeightJob, names: list[str]) -> list[list[str]]:
     """One group per weight, a tied embedding with its lm_head."""
     tied = {gather: head for gather, head in job.plan.tied.items() if gather in names and head in names}
     return [[n, *[g for g, h in tied.items() if h == n]] for n in names if n not in tied]
-
-
-def _extra_bytes(node: WeightNode, block_size: int) -> int:
-    """What 8 bits take beyond 4: half a byte per weight, and the zero points' extra half byte per block."""
-    blocks = -(-node.rows // block_size) * node.cols if node.op_type == "MatMul" else node.params // block_size
-    return node.params // 2 + blocks // 2

@@ -24,7 +24,7 @@ from qconvert.config import (
     WeightOnlyConfig,
 )
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.quantization.weight_only import slow_path
+from qconvert.quantization.weight_only import slow_path, stored_bytes, weight_nodes
 from tests import models
 
 VOCAB, HIDDEN, FFN = 64, 64, 128
@@ -112,6 +112,24 @@ def test_eight_bit_glob_takes_the_tied_embedding_along(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="names no weight node"):
         quantize(src, tmp_path / "q2.onnx", config=weight_only(eight_bit=("nothing*",)))
     assert not (tmp_path / "q2.onnx").exists()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_eight_bit_weights_of_a_four_bit_model_take_larger_blocks(tmp_path: Path, symmetric: bool) -> None:
+    """The search's 8-bit weights: the largest of 128 and 64 dividing K (a tied pair's one K), as an int8
+    model's default; what each weight stores is what the search counts it to cost."""
+    src = models.save(lm(transposed=False), tmp_path / "lm.onnx")
+    config = weight_only(eight_bit=("lm_*", "down"), symmetric=symmetric)
+    result = quantize(src, tmp_path / "q.onnx", config=config)
+    blocks = {n.name: next(a.i for a in n.attribute if a.name == "block_size")
+              for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.domain == "com.microsoft"}
+    assert blocks == {"up_Q4": 32, "down_Q8": FFN, "lm_head_Q8": HIDDEN, "embed_Q8": HIDDEN}
+    stored = {w.node: w.stored_bytes for w in result.weights}
+    assert stored["embed"] == 0  # it reads the lm_head's blocks
+    bits = {w.node: w.bits for w in result.weights}
+    for node in weight_nodes(onnx.load(str(src))):
+        if node.name != "embed":
+            assert stored[node.name] == stored_bytes(node, bits[node.name], config.weight_only), node.name
 
 
 def test_untied_embedding_gets_its_own_exact_blocks(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
