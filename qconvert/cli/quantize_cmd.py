@@ -141,6 +141,10 @@ def quantize(
         "--weight-method", help="Weight-only: rtn (round to nearest) or gptq (error-compensating, reads "
                                 "--calib-text).", show_default="gptq with --calib-text, else rtn",
         rich_help_panel="Weight-only")] = WeightMethod.RTN,
+    act_order: Annotated[bool, typer.Option(
+        "--act-order/--no-act-order", help="Weight-only GPTQ: solve rows from the most active input down, on "
+                                           "block grids fixed beforehand (more accurate where a few inputs "
+                                           "carry outliers).", rich_help_panel="Weight-only")] = True,
     calib_text: Annotated[Path | None, typer.Option(
         "--calib-text", help="Weight-only: calibration text for --weight-method gptq (tokenized with --tokenizer).",
         show_default=False, rich_help_panel="Weight-only")] = None,
@@ -282,11 +286,12 @@ def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
         symmetric=p["symmetric_weights"],
         accuracy_level=p["accuracy_level"], form=WeightForm(p["weight_form"]), embeddings=p["embeddings"],
         method=WeightMethod(p["weight_method"]) if _given(ctx, "weight_method") or p["calib_text"] is None
-        else WeightMethod.GPTQ,
+        else WeightMethod.GPTQ, act_order=p["act_order"],
         eight_bit=tuple(p["eight_bit"] or ()))
 
 
-_WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "embeddings", "eight_bit", "weight_method", "calib_text")
+_WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "embeddings", "eight_bit", "weight_method", "act_order",
+                "calib_text")
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -10,7 +10,13 @@ close to XW rather than Ŵ close to W. Here:
   sums XᵀX per input in float64, in as many passes as a memory budget needs;
 - `gptq_quantize` returns Ŵ as float32 values that lie exactly on onnxruntime's own RTN grid, so
   packing Ŵ with onnxruntime's MatMulNBitsQuantizer (same bits, block size, symmetry) recovers
-  GPTQ's integers and scales: no packer of our own, and the model is as large as an RTN one.
+  GPTQ's integers and scales: no packer of our own, and the model is as large as an RTN one;
+- rows are solved in act-order by default: the most active inputs (largest Hessian diagonal) first,
+  while the most weights are still free to absorb their error, each row on its block's grid fixed
+  from the weights beforehand (GPTQ's "static groups": MatMulNBits' blocks are contiguous rows, so a
+  block's grid cannot wait for its rows' turns). On SmolLM2-135M, int4 blocks of 32: perplexity
+  1.059x FP32 against 1.138x in order, and 1.117x in order on the same fixed grids (so the order is
+  what wins); on outlier-heavy random inputs the output error halves.
 
 onnxruntime's grid for a block of `block_size` rows of one column (C++ `quantize_matmul_{4,8}bits`,
 measured; every step in float32, qmax = 2^bits - 1, mid = 2^(bits-1), roundf = half away from 0):
@@ -289,14 +295,15 @@ def _inverse_lower(lower: np.ndarray) -> np.ndarray:
 
 
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_size: int, symmetric: bool,
-                  percdamp: float = 0.01) -> np.ndarray:
+                  percdamp: float = 0.01, act_order: bool = True) -> np.ndarray:
     """GPTQ's Ŵ for W [K, N] (float32) given H [K, K] (any positive multiple of XᵀX), every block of
     `block_size` rows of every column on the grid onnxruntime's RTN packing picks for it.
 
-    Rows are quantized in order (no act-order: the groups must be MatMulNBits' contiguous blocks),
-    each block's grid chosen from the error-updated weights at its first row. Updates are lazy, in
-    float32: a row takes those of the earlier rows of its 16 by one GEMV, the rest of its 128-row
-    batch those of each 16 by one GEMM, the remaining rows those of each batch by one GEMM."""
+    `act_order`: rows are quantized from the largest Hessian diagonal down, each on its block's grid
+    chosen from W beforehand; else in order, each block's grid chosen from the error-updated weights
+    at its first row. Updates are lazy, in float32: a row takes those of the earlier rows of its 16
+    by one GEMV, the rest of its 128-row batch those of each 16 by one GEMM, the remaining rows those
+    of each batch by one GEMM."""
     _check_format(bits, block_size)
     w = np.array(weight, dtype=np.float32)
     if w.ndim != 2:
@@ -311,6 +318,13 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
         raise UsageError(f"percdamp must not be negative, got {percdamp}", hint="GPTQ's default is 0.01")
     if not w.size:
         return w
+    order: np.ndarray | None = None
+    grids: list[_BlockGrid] = []
+    if act_order:
+        grids = [_BlockGrid.start(w[s:s + block_size], s, bits=bits, symmetric=symmetric)
+                 for s in range(0, rows, block_size)]
+        order = np.argsort(-np.diag(hessian), kind="stable")
+        w, hessian = w[order], np.asarray(hessian)[np.ix_(order, order)]
     factor = _inverse_hessian_factor(hessian, percdamp).astype(np.float32)
     out = np.empty_like(w)
     errors = np.empty((min(LAZY_ROWS, rows), columns), np.float32)
@@ -320,11 +334,14 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
         for inner in range(batch, batch_end, INNER_ROWS):
             inner_end = min(inner + INNER_ROWS, batch_end)
             for i in range(inner, inner_end):
-                if i % block_size == 0 or grid is None:  # at an inner start: rows i.. are current
+                index = i if order is None else int(order[i])
+                if order is not None:
+                    grid = grids[index // block_size]
+                elif i % block_size == 0 or grid is None:  # at an inner start: rows i.. are current
                     grid = _BlockGrid.start(w[i:i + block_size], i, bits=bits, symmetric=symmetric)
                 # row i as updated by the rows before it in this inner batch (one GEMV)
                 row = w[i] - factor[inner:i, i] @ errors[inner - batch:i - batch] if i > inner else w[i]
-                out[i] = grid.snap(row, i)
+                out[i] = grid.snap(row, index)
                 np.subtract(row, out[i], out=errors[i - batch])
                 errors[i - batch] /= factor[i, i]
             if inner_end < batch_end:
@@ -332,6 +349,10 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
                     inner - batch:inner_end - batch]
         if batch_end < rows:
             w[batch_end:] -= factor[batch:batch_end, batch_end:].T @ errors[:batch_end - batch]
+    if order is not None:
+        unpermuted = np.empty_like(out)
+        unpermuted[order] = out
+        return unpermuted
     return out
 
 

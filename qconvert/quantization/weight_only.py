@@ -360,8 +360,8 @@ class WeightJob:
             self.calibration_seconds += time.perf_counter() - started
         started = time.perf_counter()
         self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
-                                               block_size=blocks, symmetric=config.symmetric
-                                               ).reshape(weight.shape)
+                                               block_size=blocks, symmetric=config.symmetric,
+                                               act_order=config.act_order).reshape(weight.shape)
         self.calibration_seconds += time.perf_counter() - started
         return self._solved[key]
 
