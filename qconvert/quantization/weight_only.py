@@ -122,14 +122,14 @@ def _logits_producers(graph: onnx.GraphProto) -> set[str]:
     return found
 
 
-def materialize_transposed_weights(model: onnx.ModelProto) -> int:
+def materialize_transposed_weights(model: onnx.ModelProto) -> dict[str, str]:
     """MatMul(x, Transpose(W)) or Gather(Transpose(W), ids) with W an initializer → the node reads Wᵀ,
     stored: how exporters write a tied lm_head or embedding (onnxruntime-genai's builder reads the
     embedding as Transpose(lm_head weight)). The quantizer needs the weight as a constant; a tied pair
-    is then found by value and stored once again. Returns the nodes rewired."""
+    is then stored once again. Returns the name of each stored transpose with its source's."""
     from onnx import numpy_helper
 
-    rewired = 0
+    made_from: dict[str, str] = {}
     for graph, outer in iter_scopes(model.graph):
         scope = {**outer, **{t.name: t for t in graph.initializer}}
         transposed = {}
@@ -148,15 +148,14 @@ def materialize_transposed_weights(model: onnx.ModelProto) -> int:
                 name = f"{source.name}.transposed"
                 graph.initializer.append(numpy_helper.from_array(
                     np.ascontiguousarray(numpy_helper.to_array(source).T), name))
-                made[source.name] = name
+                made[source.name], made_from[name] = name, source.name
             node.input[slot] = made[source.name]
-            rewired += 1
         read = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
         read |= {i for node in graph.node for _, body in subgraphs(node) for n in body.node for i in n.input}
         for node in [n for n in graph.node if n.op_type == "Transpose" and n.output[0] in transposed]:
             if node.output[0] not in read:
                 graph.node.remove(node)
-    return rewired
+    return made_from
 
 
 def weight_nodes(model: onnx.ModelProto) -> list[WeightNode]:
@@ -222,8 +221,11 @@ def stored_bytes(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
     return others * blocks * (size * bits // 8 + 4) + zero_points
 
 
-def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig) -> WeightPlan:
-    """Which MatMul and Gather weights to quantize, with how many bits, and why the others stay float."""
+def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig, transposed: dict[str, str] | None = None
+                 ) -> WeightPlan:
+    """Which MatMul and Gather weights to quantize, with how many bits, and why the others stay float.
+    An embedding is tied to an lm_head whose weight is its transpose: known from `transposed` (stored
+    transposes by their sources, from `materialize_transposed_weights`), else compared by value."""
     from onnx import numpy_helper
 
     config = quantize.weight_only
@@ -237,8 +239,8 @@ def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig) -> WeightPlan
     tied: dict[str, str] = {}
     for gather in (n for n in nodes if n.role == EMBEDDING):
         for head in (n for n in nodes if n.role == LM_HEAD and (n.rows, n.cols) == (gather.cols, gather.rows)):
-            if np.array_equal(numpy_helper.to_array(tensors[head.weight]),
-                              numpy_helper.to_array(tensors[gather.weight]).T):
+            if (transposed or {}).get(gather.weight) == head.weight or np.array_equal(
+                    numpy_helper.to_array(tensors[head.weight]), numpy_helper.to_array(tensors[gather.weight]).T):
                 tied[gather.name] = head.name
                 break
     return WeightPlan(tuple(nodes), excluded, widths(nodes, excluded, tied, config.bits, config.eight_bit), tied)
@@ -293,11 +295,11 @@ class WeightJob:
         with progress.task("reading weights", total=None):
             self.proto = loaded.owned_copy()
         name_unnamed(self.proto)
-        materialize_transposed_weights(self.proto)
+        transposed = materialize_transposed_weights(self.proto)
         if config.weight_only.block_size is None:
             self.config = config = replace(config, weight_only=replace(
                 config.weight_only, block_size=default_blocks(self.proto, config.weight_only.bits)))
-        self.plan = plan_weights(self.proto, config)
+        self.plan = plan_weights(self.proto, config, transposed)
         _check_plan(loaded.path, self.plan, config.weight_only)
         self.external = loaded.uses_external_data or model_nbytes(self.proto) >= PROTOBUF_LIMIT
         self.prepare_seconds = time.perf_counter() - started
