@@ -175,13 +175,23 @@ def clipped_extreme(block: np.ndarray, extreme: np.ndarray, *, bits: int) -> np.
     mid = np.float32(1 << (bits - 1))
     qmax = np.float32((1 << bits) - 1)
     best, best_error = extreme.astype(np.float32), np.full(extreme.shape, np.inf)
-    for ratio in CLIP_RATIOS:
+    live = extreme != 0
+    values, floor = np.empty_like(block, np.float32), np.empty_like(block, np.float32)
+    for ratio in CLIP_RATIOS:  # in place: this loop is a third of GPTQ's solving time
         candidate = (extreme * np.float32(ratio)).astype(np.float32)
         scale = candidate / -mid
-        with np.errstate(divide="ignore", invalid="ignore"):
-            reciprocal = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
-        codes = np.clip(_roundf(block * reciprocal + mid), 0, qmax)
-        error = ((block - (codes - mid) * scale) ** 2).sum(axis=0)
+        reciprocal = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=live)
+        np.multiply(block, reciprocal, out=values)
+        values += mid
+        np.floor(values, out=floor)  # roundf, as _roundf
+        values -= floor
+        floor += values >= 0.5
+        np.clip(floor, 0, qmax, out=floor)
+        floor -= mid
+        floor *= scale
+        np.subtract(block, floor, out=floor)
+        np.square(floor, out=floor)
+        error = floor.sum(axis=0)
         better = error < best_error
         best, best_error = np.where(better, candidate, best), np.where(better, error, best_error)
     return best
