@@ -83,6 +83,14 @@ class WeightForm(StrEnum):
     QDQ = "qdq"
 
 
+class ScaleType(StrEnum):
+    """The float type of weight-only block scales: float32, or float16 (2 bytes less per block: the
+    quantized MatMuls and embedding lookups then run on float16 activations, cast in and out)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
 class WeightMethod(StrEnum):
     """How weight-only blocks are chosen: round to nearest, or GPTQ (calibration text: each weight row's
     rounding error is carried onto the rows not yet rounded, weighted by the activations' covariance)."""
@@ -118,6 +126,7 @@ class WeightOnlyConfig:
     act_order: bool = True
     accuracy_level: int = FAST_ACCURACY_LEVEL
     form: WeightForm = WeightForm.NBITS
+    scales: ScaleType = ScaleType.FP32
     embeddings: bool = True  # quantize embedding tables read by Gather too
     eight_bit: tuple[str, ...] = ()
 
@@ -131,6 +140,9 @@ class WeightOnlyConfig:
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise UsageError(f"--accuracy-level takes 0-4, got {self.accuracy_level}",
                              hint="4 (int8 activations) is the fast CPU path; 0 leaves it to onnxruntime")
+        if self.form is WeightForm.QDQ and self.scales is ScaleType.FP16:
+            raise UsageError("the QDQ form keeps float32 scales (its MatMuls stay float32)",
+                             hint="drop --scales fp16, or use --weight-form nbits")
         if self.form is WeightForm.QDQ and self.bits != 4:
             raise UsageError("the QDQ form writes blocked int4 weights (onnxruntime's quantizer has no 8-bit QDQ "
                              "form)", hint="use --weights int4, or --weight-form nbits for 8 bits")
@@ -143,7 +155,8 @@ class WeightOnlyConfig:
     def to_dict(self) -> dict[str, object]:
         return {"bits": self.bits, "block_size": self.blocks, "symmetric": self.symmetric,
                 "method": self.method.value, "act_order": self.act_order,
-                "accuracy_level": self.accuracy_level, "form": self.form.value, "embeddings": self.embeddings,
+                "accuracy_level": self.accuracy_level, "form": self.form.value, "scales": self.scales.value,
+                "embeddings": self.embeddings,
                 "eight_bit": list(self.eight_bit)}
 
 

@@ -368,10 +368,12 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
 
 @dataclass(frozen=True)
 class Hessian:
-    """Σ xᵀx over the calibration tokens x [K] of one activation (float64 [K, K]), and their count."""
+    """Σ xᵀx over the calibration tokens x [K] of one activation (float64 [K, K]), their count, and
+    the largest |x| among them."""
 
     xtx: np.ndarray
     tokens: int
+    peak: float = 0.0
 
     @property
     def matrix(self) -> np.ndarray:
@@ -470,6 +472,7 @@ def _accumulate(session: onnxruntime.InferenceSession, tensors: list[str], width
     sums = {t: np.zeros((widths[t], widths[t]), np.float64) for t in tensors}
     partial = {t: np.zeros((widths[t], widths[t]), np.float32) for t in tensors}  # since the last flush
     tokens = dict.fromkeys(tensors, 0)
+    peaks = dict.fromkeys(tensors, 0.0)
     index = -1
     with progress.task(description) as step:
         for index, feed in enumerate(feeds):
@@ -489,6 +492,8 @@ def _accumulate(session: onnxruntime.InferenceSession, tensors: list[str], width
                     chunk = np.ascontiguousarray(flat[start:start + TOKENS_PER_PRODUCT], np.float32)
                     partial[tensor] += chunk.T @ chunk
                 tokens[tensor] += flat.shape[0]
+                if flat.size:
+                    peaks[tensor] = max(peaks[tensor], float(np.abs(flat).max()))
             del values
             if index % FLUSH_FEEDS == FLUSH_FEEDS - 1:
                 _flush(sums, partial)
@@ -496,5 +501,5 @@ def _accumulate(session: onnxruntime.InferenceSession, tensors: list[str], width
     _flush(sums, partial)
     if index < 0:
         raise DataError("no calibration samples for the GPTQ Hessians", hint="give non-empty data")
-    return {t: Hessian(sums[t], tokens[t]) for t in tensors}
+    return {t: Hessian(sums[t], tokens[t], peaks[t]) for t in tensors}
 

@@ -24,9 +24,11 @@ import numpy as np
 from qconvert import progress
 from qconvert.calibration.text import check_tokens, read_tokens
 from qconvert.config import (
+    ACTIVATION_LIMIT,
     FAST_ACCURACY_LEVEL,
     Mode,
     QuantizeConfig,
+    ScaleType,
     TextData,
     WeightForm,
     WeightMethod,
@@ -212,13 +214,14 @@ def block_size_of(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
 
 
 def stored_bytes(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
-    """The bytes of `node`'s weight at `bits`: the codes, a float32 scale per block and, asymmetric, a
-    `bits`-wide zero point per block (rounded up to whole bytes per row of blocks)."""
+    """The bytes of `node`'s weight at `bits`: the codes, a float32 (or float16) scale per block and,
+    asymmetric, a `bits`-wide zero point per block (rounded up to whole bytes per row of blocks)."""
     size = block_size_of(node, bits, config)
     length, others = (node.cols, node.rows) if node.op_type == "Gather" else (node.rows, node.cols)
     blocks = -(-length // size)
     zero_points = 0 if config.symmetric else others * -(-blocks * bits // 8)
-    return others * blocks * (size * bits // 8 + 4) + zero_points
+    scale = 2 if config.scales is ScaleType.FP16 else 4
+    return others * blocks * (size * bits // 8 + scale) + zero_points
 
 
 def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig, transposed: dict[str, str] | None = None
@@ -380,6 +383,24 @@ class WeightJob:
                 tensor.CopyFrom(numpy_helper.from_array(solved.astype(dtype), tensor.name))
                 step()
 
+    def _half_scales(self, proto: onnx.ModelProto) -> list[str]:
+        """Float16 scales in `proto`, except on MatMuls whose inputs went beyond ACTIVATION_LIMIT on
+        GPTQ's calibration text; warnings for those, and for MatMuls no calibration saw."""
+        peaks = {name: found.peak for name, found in (self._hessians or {}).items()}
+        beyond = {name for name, peak in peaks.items() if peak > ACTIVATION_LIMIT}
+        half_scales(proto, keep=beyond)
+        warnings = []
+        if beyond:
+            warnings.append(f"--scales fp16: {len(beyond)} MatMul(s) keep float32 scales: their inputs reach "
+                            f"{max(peaks[n] for n in beyond):.4g} on the calibration text, beyond the "
+                            f"{ACTIVATION_LIMIT:g} that leaves float16 16x headroom")
+        unchecked = [n for n in self.plan.quantized("MatMul") if n.name not in peaks]
+        if unchecked:
+            warnings.append(f"--scales fp16: the inputs of {len(unchecked)} MatMul(s) now pass through float16 "
+                            "unchecked against its range (no calibration activations for them"
+                            + ("; --calib-text gives them)" if not peaks else ")"))
+        return warnings
+
     def write(self, output: str | Path, *, eight_bit: tuple[str, ...] | None = None, force: bool = False,
               last: bool = False) -> QuantizeResult:
         """The model quantized into `output` (written atomically, external data when the model has it
@@ -404,6 +425,7 @@ class WeightJob:
             started = time.perf_counter()
             with progress.task("quantizing weights", total=None), quiet_onnxruntime():
                 proto = _quantize(proto, the_plan, config.weight_only)
+                notes = self._half_scales(proto) if config.weight_only.scales is ScaleType.FP16 else []
             seconds = time.perf_counter() - started
             staged = work / out.name
             save_model(proto, staged, external=self.external)
@@ -414,6 +436,7 @@ class WeightJob:
         result = _result(self.loaded, out, config, the_plan, proto, bytes_after, self.prepare_seconds, seconds,
                          copied)
         result.calibration_seconds, result.calibration_samples = self.calibration_seconds, self.samples
+        result.warnings.extend(notes)
         result.data = self.calibration.to_dict() if self.calibration is not None else None
         return result
 
@@ -463,6 +486,58 @@ def _quantize(proto: onnx.ModelProto, the_plan: WeightPlan, config: WeightOnlyCo
             and block_size_of(gather, bits, config) == block_size_of(by_name[head], bits, config)
         _replace_gather(proto, gather, bits, config, head if shared else None)
     return proto
+
+
+def half_scales(proto: onnx.ModelProto, keep: set[str] | frozenset[str] = frozenset()) -> int:
+    """Every MatMulNBits and GatherBlockQuantized with float16 scales (a tied pair's shared ones made
+    once), a MatMulNBits' activation cast to float16 in front of it (once per tensor), each output cast
+    back to float32: the rest of the model is unchanged. onnxruntime's CPU kernels take float16 for
+    both; a decode step runs as fast (measured: 82 us either way, K 576, N 1536), a 128-token prefill
+    about 1.6x slower. Nodes that replaced one named in `keep`, and those sharing their scales, stay
+    float32. Returns the nodes changed."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    quantized = [gn.node for gn in iter_nodes(proto.graph) if gn.node.domain == "com.microsoft"
+                 and gn.node.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+    kept = {n.input[2] for n in quantized if n.name.rsplit("_Q", 1)[0] in keep}
+    halves: dict[str, str] = {}  # float32 scales (or bias) → the name of their float16 copy
+    changed = 0
+    for graph, outer in iter_scopes(proto.graph):
+        scope = {**outer, **{t.name: t for t in graph.initializer}}
+        casts: dict[str, str] = {}
+        nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized") \
+                    or node.input[2] in kept:
+                nodes.append(node)
+                continue
+            floats = [2, 5] if node.op_type == "MatMulNBits" else [2]  # scales, and MatMulNBits' bias
+            for slot in (i for i in floats if i < len(node.input) and node.input[i]):
+                name = node.input[slot]
+                if name not in halves:
+                    halves[name] = f"{name}_fp16"
+                    graph.initializer.append(numpy_helper.from_array(
+                        numpy_helper.to_array(scope[name]).astype(np.float16), halves[name]))
+                node.input[slot] = halves[name]
+            if node.op_type == "MatMulNBits":
+                source = node.input[0]
+                if source not in casts:
+                    casts[source] = f"{source}_as_fp16"
+                    nodes.append(helper.make_node("Cast", [source], [casts[source]], name=f"{node.name}_to_fp16",
+                                                  to=TensorProto.FLOAT16))
+                node.input[0] = casts[source]
+            output = node.output[0]
+            node.output[0] = f"{output}_in_fp16"
+            nodes.extend([node, helper.make_node("Cast", [node.output[0]], [output], name=f"{node.name}_to_fp32",
+                                                 to=TensorProto.FLOAT)])
+            changed += 1
+        del graph.node[:]
+        graph.node.extend(nodes)
+    read = {i for gn in iter_nodes(proto.graph) for i in gn.node.input}
+    for graph, _ in iter_scopes(proto.graph):
+        for tensor in [t for t in graph.initializer if t.name in halves and t.name not in read]:
+            graph.initializer.remove(tensor)
+    return changed
 
 
 def _find(proto: onnx.ModelProto, name: str) -> tuple[onnx.GraphProto, onnx.NodeProto]:

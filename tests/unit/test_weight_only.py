@@ -17,6 +17,7 @@ from qconvert.config import (
     LanguageConfig,
     Mode,
     QuantizeConfig,
+    ScaleType,
     TextData,
     ValidateConfig,
     WeightForm,
@@ -24,7 +25,7 @@ from qconvert.config import (
     WeightOnlyConfig,
 )
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.quantization.weight_only import slow_path, stored_bytes, weight_nodes
+from qconvert.quantization.weight_only import half_scales, slow_path, stored_bytes, weight_nodes
 from tests import models
 
 VOCAB, HIDDEN, FFN = 64, 64, 128
@@ -114,12 +115,14 @@ def test_eight_bit_glob_takes_the_tied_embedding_along(tmp_path: Path) -> None:
     assert not (tmp_path / "q2.onnx").exists()
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_eight_bit_weights_of_a_four_bit_model_take_larger_blocks(tmp_path: Path, symmetric: bool) -> None:
+@pytest.mark.parametrize(("symmetric", "scales"), [(True, ScaleType.FP32), (False, ScaleType.FP32),
+                                                   (True, ScaleType.FP16)])
+def test_eight_bit_weights_of_a_four_bit_model_take_larger_blocks(tmp_path: Path, symmetric: bool,
+                                                                  scales: ScaleType) -> None:
     """The search's 8-bit weights: the largest of 128 and 64 dividing K (a tied pair's one K), as an int8
     model's default; what each weight stores is what the search counts it to cost."""
     src = models.save(lm(transposed=False), tmp_path / "lm.onnx")
-    config = weight_only(eight_bit=("lm_*", "down"), symmetric=symmetric)
+    config = weight_only(eight_bit=("lm_*", "down"), symmetric=symmetric, scales=scales)
     result = quantize(src, tmp_path / "q.onnx", config=config)
     blocks = {n.name: next(a.i for a in n.attribute if a.name == "block_size")
               for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.domain == "com.microsoft"}
@@ -130,6 +133,43 @@ def test_eight_bit_weights_of_a_four_bit_model_take_larger_blocks(tmp_path: Path
     for node in weight_nodes(onnx.load(str(src))):
         if node.name != "embed":
             assert stored[node.name] == stored_bytes(node, bits[node.name], config.weight_only), node.name
+
+
+def test_fp16_scales_take_two_bytes_less_per_block_and_keep_the_outputs(tmp_path: Path,
+                                                                         ids: dict[str, np.ndarray]) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    wide = quantize(src, tmp_path / "q32.onnx", config=weight_only())
+    half = quantize(src, tmp_path / "q16.onnx", config=weight_only(scales=ScaleType.FP16))
+    model = onnx.load(str(tmp_path / "q16.onnx"))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    quantized = [n for n in model.graph.node if n.domain == "com.microsoft"]
+    assert len(quantized) == 4 and {types[n.input[2]] for n in quantized} == {TensorProto.FLOAT16}
+    assert TensorProto.FLOAT not in {types[n.input[2]] for n in quantized}
+    gather = next(n for n in quantized if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in quantized if n.name == "lm_head_Q4")
+    assert gather.input[2] == head.input[2]  # the tied pair still shares one set of scales
+    blocks = (HIDDEN // 32) * FFN + (FFN // 32) * HIDDEN + (HIDDEN // 32) * VOCAB  # up, down, lm_head
+    assert sum(w.stored_bytes for w in wide.weights) - sum(w.stored_bytes for w in half.weights) == 2 * blocks
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT  # cast back at the edge
+    got16, = models.run(tmp_path / "q16.onnx", ids)
+    got32, = models.run(tmp_path / "q32.onnx", ids)
+    assert got16.dtype == np.float32 and cosine(got16, got32) > 0.9999
+    assert any("unchecked" in w and "--calib-text" in w for w in half.warnings)  # no data saw the activations
+    with pytest.raises(UsageError, match="QDQ form keeps float32 scales"):
+        weight_only(scales=ScaleType.FP16, form=WeightForm.QDQ)
+
+
+def test_fp16_scales_spare_the_nodes_named_and_their_tied_partner(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
+    src = models.save(lm(), tmp_path / "lm.onnx")
+    quantize(src, tmp_path / "q32.onnx", config=weight_only())
+    model = onnx.load(str(tmp_path / "q32.onnx"))
+    assert half_scales(model, keep={"up", "lm_head"}) == 1  # down; the embedding shares lm_head's scales
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    scales = {n.name: types[n.input[2]] for n in model.graph.node if n.domain == "com.microsoft"}
+    assert scales == {"up_Q4": TensorProto.FLOAT, "down_Q4": TensorProto.FLOAT16, "lm_head_Q4": TensorProto.FLOAT,
+                      "embed_Q4": TensorProto.FLOAT}
+    models.save(model, tmp_path / "mixed.onnx")
+    assert cosine(models.run(tmp_path / "mixed.onnx", ids)[0], models.run(tmp_path / "q32.onnx", ids)[0]) > 0.9999
 
 
 def test_untied_embedding_gets_its_own_exact_blocks(tmp_path: Path, ids: dict[str, np.ndarray]) -> None:
@@ -256,6 +296,17 @@ def test_gptq_beats_round_to_nearest_at_equal_size_on_a_trained_decoder(tmp_path
     assert 1.0 < gptq_ratio < rtn_ratio - 0.005, (gptq_ratio, rtn_ratio)
     with pytest.raises(UsageError, match="GPTQ needs calibration text"):
         quantize(fp32, tmp_path / "none.onnx", config=weight_only(method=WeightMethod.GPTQ))
+
+
+def test_fp16_scales_keep_the_trained_decoder_and_check_its_activations(tmp_path: Path) -> None:
+    fp32 = TINY / "model.onnx"
+    result = quantize(fp32, tmp_path / "half.onnx", TextData(text=TINY / "calib.txt"),
+                      config=weight_only(method=WeightMethod.GPTQ, scales=ScaleType.FP16))
+    assert not [w for w in result.warnings if "--scales fp16" in w]  # GPTQ's text saw every input, in range
+    model = onnx.load(str(tmp_path / "half.onnx"))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    assert {types[n.input[2]] for n in model.graph.node if n.domain == "com.microsoft"} == {TensorProto.FLOAT16}
+    assert _ratio(fp32, tmp_path / "half.onnx") < 1.025
 
 
 def test_int8_keeps_the_trained_decoder(tmp_path: Path) -> None:
