@@ -45,6 +45,7 @@ from qconvert.config import (  # noqa: E402
     Mode,
     PipelineJob,
     QuantizeConfig,
+    ScaleType,
     TextData,
     ValidateConfig,
     WeightMethod,
@@ -86,7 +87,9 @@ VARIANTS: dict[str, WeightOnlyConfig] = {
     "int4-gptq-asym": WeightOnlyConfig(method=GPTQ, symmetric=False),
     "int4-gptq-b128": WeightOnlyConfig(method=GPTQ, block_size=128),
     "int4-gptq-b16": WeightOnlyConfig(method=GPTQ, block_size=16),
+    "int4-gptq-fp16": WeightOnlyConfig(method=GPTQ, scales=ScaleType.FP16),
     "int4-gptq-search": WeightOnlyConfig(method=GPTQ),  # + the search for 8-bit weights, to SEARCH_GATES
+    "int4-gptq-fp16-search": WeightOnlyConfig(method=GPTQ, scales=ScaleType.FP16),
     "int8": WeightOnlyConfig(bits=8),
 }
 # On the calibration text, with a margin for the held-out text (about 0.01-0.02 in perplexity ratio).
