@@ -425,22 +425,20 @@ def _groups(widths: dict[str, int], budget_bytes: int) -> list[list[str]]:
 
 
 def hessians(model_path: Path, matmuls: dict[str, str], feeds: Iterable[dict[str, np.ndarray]], *,
-             budget_bytes: int = 1 << 30, work: Path | None = None) -> dict[str, Hessian]:
+             budget_bytes: int = 1 << 30) -> dict[str, Hessian]:
     """Σ XᵀX and the token count of each MatMul's input, keyed by MatMul name (MatMuls that share
     an input share one `Hessian`), X flattened to [-1, K].
 
     `matmuls` maps MatMul node names to their activation inputs. The inputs are captured through a
-    CPU session that exposes them as outputs (saved in `work`, a temporary directory by default),
-    one feed at a time. When all sums (K² float64 each) exceed `budget_bytes`, the tensors are split
-    into groups that fit and `feeds` is run once per group: it must then be re-iterable (a list, a
-    CalibrationData), not a one-shot iterator."""
-    import tempfile
-
+    CPU session that exposes them as outputs, one feed at a time; it reads the weights from the
+    model's own file and sidecars (nothing is copied or saved). When all sums (K² float64 each)
+    exceed `budget_bytes`, the tensors are split into groups that fit and `feeds` is run once per
+    group: it must then be re-iterable (a list, a CalibrationData), not a one-shot iterator."""
     import onnx
 
     if not matmuls:
         return {}
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path), load_external_data=False)
     widths = _widths(model, matmuls)
     groups = _groups(widths, budget_bytes)
     if len(groups) > 1 and iter(feeds) is feeds:
@@ -449,13 +447,11 @@ def hessians(model_path: Path, matmuls: dict[str, str], feeds: Iterable[dict[str
                          hint="pass a list or a CalibrationData, or a larger budget_bytes")
     logger.info("GPTQ Hessians of %d tensor(s) in %d pass(es) over the data", len(widths), len(groups))
     found: dict[str, Hessian] = {}
-    with tempfile.TemporaryDirectory(prefix="qconvert-gptq-") as scratch:
-        folder = work if work is not None else Path(scratch)
-        session = exposing_session(model, list(widths), folder / "exposed_for_gptq.onnx", external=True,
-                                   failure=CANNOT_RUN, hint=CANNOT_RUN_HINT)
-        del model
-        for number, group in enumerate(groups, 1):
-            found.update(_accumulate(session, group, widths, feeds, f"GPTQ Hessians ({number}/{len(groups)})"))
+    session = exposing_session(model, list(widths), None, external=True, failure=CANNOT_RUN, hint=CANNOT_RUN_HINT,
+                               weights=model_path.parent)
+    del model
+    for number, group in enumerate(groups, 1):
+        found.update(_accumulate(session, group, widths, feeds, f"GPTQ Hessians ({number}/{len(groups)})"))
     return {name: found[tensor] for name, tensor in matmuls.items()}
 
 

@@ -108,12 +108,13 @@ def tensors_to_calibrate(model: onnx.ModelProto, op_types: list[str]) -> list[st
     return list(chosen)
 
 
-def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, external: bool, failure: str,
+def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path | None, *, external: bool, failure: str,
                      hint: str, threads: int = 0, weights: Path | None = None) -> onnxruntime.InferenceSession:
     """A CPU session on `model`, saved at `path` with `tensors` added to its outputs (graph
     optimizations off, so every tensor exists as named). `model` itself is left as it was.
     `weights`: the folder of the external data `model` refers to (its graph is then passed as bytes,
-    and nothing is saved). A load failure is a ModelError: "`failure`: <onnxruntime's first line>"."""
+    and nothing is saved: `path` may be None). A load failure is a ModelError: "`failure`: <onnxruntime's first
+    line>"."""
     import onnx
 
     if weights is not None:
@@ -129,6 +130,8 @@ def exposing_session(model: onnx.ModelProto, tensors: list[str], path: Path, *, 
         except Exception as exc:
             raise ModelError(f"{failure}: {first_line(exc)}", hint=hint) from exc
 
+    if path is None:
+        raise ValueError("exposing_session saves the model: give a path, or the weights' folder")
     kept = len(model.graph.output)
     outputs = {o.name for o in model.graph.output}
     infos = {v.name: v for v in (*model.graph.value_info, *model.graph.input)}

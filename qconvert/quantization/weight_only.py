@@ -322,13 +322,12 @@ class WeightJob:
         return [build(tokens[None, i * GPTQ_CONTEXT:(i + 1) * GPTQ_CONTEXT])
                 for i in range(min(windows, tokens.size // GPTQ_CONTEXT))]
 
-    def hessians(self, text: TextData, windows: int, work: Path) -> dict[str, gptq.Hessian]:
+    def hessians(self, text: TextData, windows: int) -> dict[str, gptq.Hessian]:
         """XᵀX of every quantized MatMul's input over `windows` windows of `text` (FP32 activations)."""
         feeds = self.text_feeds(text, windows)
         inputs = {gn.node.name: gn.node.input[0] for gn in iter_nodes(self.proto.graph) if gn.node.op_type == "MatMul"}
         with progress.task("activations", total=None), quiet_onnxruntime():
-            return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self.solvable}, feeds,
-                                 work=work)
+            return gptq.hessians(self.loaded.path, {n.name: inputs[n.name] for n in self.solvable}, feeds)
 
     def _solvable(self) -> list[WeightNode]:
         """The quantized MatMuls GPTQ can solve: in the main graph, their weight read by them alone (one
@@ -339,7 +338,7 @@ class WeightJob:
                 readers[gn.node.input[1]] = readers.get(gn.node.input[1], 0) + 1
         return [n for n in self.plan.quantized("MatMul") if readers.get(n.weight) == 1 and not n.graph]
 
-    def rounded(self, node: WeightNode, bits: int, work: Path) -> np.ndarray:
+    def rounded(self, node: WeightNode, bits: int) -> np.ndarray:
         """`node`'s weight as its quantized model computes with it (float32, the weight's shape): GPTQ's
         (solved once per node and width, kept) or round-to-nearest's."""
         from onnx import numpy_helper
@@ -360,7 +359,7 @@ class WeightJob:
         if self._hessians is None:
             assert self.calibration is not None
             started = time.perf_counter()
-            self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS, work)
+            self._hessians = self.hessians(self.calibration, GPTQ_WINDOWS)
             self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
             self.calibration_seconds += time.perf_counter() - started
         started = time.perf_counter()
@@ -370,7 +369,7 @@ class WeightJob:
         self.calibration_seconds += time.perf_counter() - started
         return self._solved[key]
 
-    def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int], work: Path) -> None:
+    def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int]) -> None:
         """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width."""
         from onnx import helper, numpy_helper
 
@@ -378,7 +377,7 @@ class WeightJob:
         with progress.task("GPTQ", total=len(self.solvable)) as step:
             for n in self.solvable:
                 tensor = tensors[n.weight]
-                solved = self.rounded(n, bits[n.name], work)
+                solved = self.rounded(n, bits[n.name])
                 dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
                 tensor.CopyFrom(numpy_helper.from_array(solved.astype(dtype), tensor.name))
                 step()
@@ -421,7 +420,7 @@ class WeightJob:
             proto.CopyFrom(self.proto)
         with staging_dir(out) as work:
             if config.weight_only.method is WeightMethod.GPTQ:
-                self._gptq(proto, the_plan.bits, work)
+                self._gptq(proto, the_plan.bits)
             started = time.perf_counter()
             with progress.task("quantizing weights", total=None), quiet_onnxruntime():
                 proto = _quantize(proto, the_plan, config.weight_only)

@@ -122,7 +122,7 @@ def _rank(job: WeightJob, text: TextData, work: Path, ep: EPConfig) -> list[Weig
         costs: list[tuple[list[str], float]] = []
         with progress.task("ranking weights", total=len(groups)) as step:
             for group in groups:
-                swapped = {by_name[n].weight: job.rounded(by_name[n], 4, work) for n in group}
+                swapped = {by_name[n].weight: job.rounded(by_name[n], 4) for n in group}
                 kl = 0.0
                 for f, ref in zip(feeds, reference, strict=True):
                     cand = log_softmax(session.run([logits], {**f, **swapped})[0][0])

@@ -309,6 +309,25 @@ def test_fp16_scales_keep_the_trained_decoder_and_check_its_activations(tmp_path
     assert _ratio(fp32, tmp_path / "half.onnx") < 1.025
 
 
+def test_gptq_reads_a_sidecar_in_place(tmp_path: Path) -> None:
+    """GPTQ's activations come from a session on the model's own file and sidecar: the same weights
+    as from the model with its weights inline."""
+    external = tmp_path / "ext" / "model.onnx"
+    external.parent.mkdir()
+    (tmp_path / "beside").mkdir()
+    onnx.save(onnx.load(str(TINY / "model.onnx")), str(external), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    config = weight_only(method=WeightMethod.GPTQ)
+    inline = quantize(TINY / "model.onnx", tmp_path / "inline.onnx", TextData(text=TINY / "calib.txt"), config=config)
+    beside = quantize(external, tmp_path / "beside" / "model.onnx", TextData(text=TINY / "calib.txt",
+                                                                             tokenizer=TINY / "tokenizer.json"),
+                      config=config)
+    assert inline.calibration_samples == beside.calibration_samples > 0
+    weights = [{t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(str(path)).graph.initializer}
+               for path in (tmp_path / "inline.onnx", tmp_path / "beside" / "model.onnx")]
+    assert weights[0] == weights[1]
+
+
 def test_int8_keeps_the_trained_decoder(tmp_path: Path) -> None:
     result = quantize(TINY / "model.onnx", tmp_path / "q8.onnx", config=weight_only(bits=8))
     assert abs(_ratio(TINY / "model.onnx", tmp_path / "q8.onnx") - 1.0) < 0.002
