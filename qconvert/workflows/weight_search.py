@@ -27,7 +27,7 @@ from qconvert.config import EPConfig, Gates, LanguageConfig, QuantizeConfig, Tex
 from qconvert.errors import UsageError
 from qconvert.measurement.language import compare_language, log_softmax
 from qconvert.model.decoder import require_decoder
-from qconvert.model.files import check_output_path, file_nbytes, remove_model, staging_dir
+from qconvert.model.files import check_output_path, remove_model, staging_dir
 from qconvert.model.loading import LoadedModel
 from qconvert.providers import quiet_onnxruntime
 from qconvert.quantization.ranges import exposing_session
@@ -62,12 +62,13 @@ def search_weights(model: LoadedModel, output: Path, calibration: TextData | Non
         def trial(k: int) -> WeightTrial:
             chosen = tuple(name for group in order[:k] for name in group)
             staged = work / f"trial{len(trials)}-{output.name}"
-            job.write(staged, eight_bit=chosen, force=True)
+            written = job.write(staged, eight_bit=chosen, force=True)
             found = compare_language(model.path, staged, tokens, config=measured, ep=ep)
             found_windows[:] = [found.windows]
             met = (gates.max_ppl_ratio is None or found.perplexity_ratio <= gates.max_ppl_ratio) and (
                 gates.min_top1 is None or found.top1_agreement >= gates.min_top1)
-            done = WeightTrial(len(trials), k, file_nbytes(staged), found.perplexity_ratio, found.top1_agreement, met)
+            done = WeightTrial(len(trials), k, written.bytes_after, found.perplexity_ratio, found.top1_agreement,
+                               met)
             remove_model(staged)
             trials.append(done)
             if on_trial:

@@ -4,9 +4,11 @@ quantize weight-only, validate on text, benchmark generation, and the search for
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -103,10 +105,20 @@ def test_the_search_keeps_the_fewest_sensitive_weights_in_8_bits(tmp_path: Path)
 
 
 def test_a_search_out_of_trials_writes_the_closest_and_exits_3(tmp_path: Path) -> None:
+    """On a model with its weights in a sidecar, as language models come: each trial's size counts it."""
+    source = tmp_path / "src" / "model.onnx"
+    source.parent.mkdir()
+    onnx.save(onnx.load(str(TINY / "model.onnx")), str(source), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    shutil.copy(TINY / "tokenizer.json", source.parent)
     out = tmp_path / "model.onnx"
-    code, _, err = invoke("quantize", TINY / "model.onnx", "-o", out, "--mode", "weight-only", "--text",
-                          TINY / "eval.txt", "--max-ppl-ratio", "1.0001", "--max-trials", "2")
-    assert code == 3 and out.is_file() and "max_ppl_ratio" in err
+    code, stdout, err = invoke("quantize", source, "-o", out, "--mode", "weight-only", "--text", TINY / "eval.txt",
+                               "--max-ppl-ratio", "1.0001", "--max-trials", "2", "--json")
+    assert code == 3 and out.is_file(), err
+    doc = json.loads(stdout)
+    assert not doc["passed"] and doc["gates"][0]["name"] == "max_ppl_ratio"
+    written = doc["quantize"]["size"]["after_bytes"]  # the same model; its tensors name a shorter sidecar
+    assert doc["weight_search"]["trials"][-1]["file_bytes"] == pytest.approx(written, rel=0.002) and written > 100_000
 
 
 def test_the_html_report_shows_the_language_model_steps(tmp_path: Path) -> None:
