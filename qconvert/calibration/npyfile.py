@@ -97,7 +97,7 @@ def read_npy_header(stream: IO[bytes], where: str) -> NpyHeader:
 
     Reads at most 12 + MAX_HEADER_BYTES bytes. Raises DataError for anything numpy.save would not
     write: no magic, an unknown version, a header that is not the expected dict, a negative or
-    non-integer dim, an unknown dtype, a dtype holding Python objects or one of size zero.
+    non-integer dim, an unknown dtype, a dtype holding Python objects, one of size zero or a sub-array one.
     """
     prefix = stream.read(8)
     if len(prefix) < 8 or prefix[:6] != _MAGIC:
@@ -159,6 +159,9 @@ def _parse_header(text: str, where: str, legacy: bool) -> tuple[tuple[int, ...],
     if dtype.itemsize == 0:
         raise DataError(f"{where}: the .npy header gives dtype {_clip(str(dtype))}, whose elements have no size",
                         hint="save numeric arrays")
+    if dtype.subdtype is not None:  # numpy.save folds a sub-array dtype into the shape; readers disagree on it
+        raise DataError(f"{where}: the .npy header gives the sub-array dtype {_clip(str(dtype))}, which numpy.save "
+                        "never writes", hint=_FORGED_HINT)
     return tuple(int(d) for d in shape), fortran_order, dtype
 
 

@@ -150,6 +150,7 @@ def test_the_array_limit_is_enforced_even_when_the_bytes_are_there(tmp_path: Pat
     ("{'descr': '|O', 'fortran_order': False, 'shape': (2,)}", "holds Python objects"),
     ("{'descr': [('a', '<f4'), ('b', '|O')], 'fortran_order': False, 'shape': (2,)}", "holds Python objects"),
     ("{'descr': '|V0', 'fortran_order': False, 'shape': (2,)}", "elements have no size"),
+    ("{'descr': '4S5', 'fortran_order': False, 'shape': (0,)}", "sub-array dtype"),  # found by the fuzz test
     ("{'descr': 'nonsense', 'fortran_order': False, 'shape': (2,)}", "invalid dtype 'nonsense'"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 4)}", "invalid shape (-1, 4)"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': [2]}", "invalid shape [2]"),
@@ -157,7 +158,7 @@ def test_the_array_limit_is_enforced_even_when_the_bytes_are_there(tmp_path: Pat
     ("{'descr': '<f4', 'shape': (2,)}", "not a dict of descr, fortran_order and shape"),
     ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': __import__('os')}", "unreadable .npy header"),
     ("-" * 9000 + "1", "unreadable .npy header"),
-], ids=["object", "object-field", "void0", "bad-dtype", "negative-dim", "list-shape", "bad-fortran",
+], ids=["object", "object-field", "void0", "subarray", "bad-dtype", "negative-dim", "list-shape", "bad-fortran",
         "missing-key", "code", "deep-nesting"])
 def test_headers_numpy_save_would_not_write_are_refused(header: str, message: str) -> None:
     with pytest.raises(DataError, match=re.escape(message)):
