@@ -74,6 +74,14 @@ def _roundf(x: np.ndarray) -> np.ndarray:
     return result
 
 
+def _roundf_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`_roundf(x)` written into `out` (x's shape) without temporaries; `x` is overwritten."""
+    np.floor(x, out=out)
+    x -= out
+    out += x >= 0.5
+    return out
+
+
 def rtn_grid(block: np.ndarray, *, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's RTN grid for `block` [rows, N] (one quantization block of every column):
     float32 scales [N] and uint8 zero points [N] (for symmetric grids the implied 2^(bits-1))."""
@@ -183,9 +191,7 @@ def clipped_extreme(block: np.ndarray, extreme: np.ndarray, *, bits: int) -> np.
         reciprocal = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=live)
         np.multiply(block, reciprocal, out=values)
         values += mid
-        np.floor(values, out=floor)  # roundf, as _roundf
-        values -= floor
-        floor += values >= 0.5
+        _roundf_into(values, floor)
         np.clip(floor, 0, qmax, out=floor)
         floor -= mid
         floor *= scale
@@ -235,9 +241,7 @@ class _BlockGrid:
         """Row `index` rounded onto the grid (onnxruntime's rounding, extremes forced), dequantized."""
         codes = row * self.reciprocal
         codes += self.zero
-        floor = np.floor(codes)
-        codes -= floor
-        floor += codes >= 0.5  # roundf, exactly (see _roundf)
+        floor = _roundf_into(codes, np.empty_like(codes))
         np.clip(floor, 0, self.qmax, out=floor)
         floor[self.lowest_row == index] = 0
         floor[self.highest_row == index] = self.qmax
