@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from qconvert import quantize, run_job, validate  # noqa: E402
 from qconvert.config import (  # noqa: E402
+    MIX_BITS,
     BenchmarkConfig,
     DecodeConfig,
     EPConfig,
@@ -88,6 +89,9 @@ VARIANTS: dict[str, WeightOnlyConfig] = {
     "int4-gptq-b128": WeightOnlyConfig(method=GPTQ, block_size=128),
     "int4-gptq-b16": WeightOnlyConfig(method=GPTQ, block_size=16),
     "int4-gptq-fp16": WeightOnlyConfig(method=GPTQ, scales=ScaleType.FP16),
+    # the command line's default with --calib-text: GPTQ's mix of 8-bit weights in float16 scales
+    "int4-gptq-mix": WeightOnlyConfig(method=GPTQ, scales=ScaleType.FP16, bits_per_weight=MIX_BITS),
+    "int4-gptq-mix-fp32": WeightOnlyConfig(method=GPTQ, bits_per_weight=MIX_BITS),
     "int4-gptq-search": WeightOnlyConfig(method=GPTQ),  # + the search for 8-bit weights, to SEARCH_GATES
     "int4-gptq-fp16-search": WeightOnlyConfig(method=GPTQ, scales=ScaleType.FP16),
     "int8": WeightOnlyConfig(bits=8),

@@ -43,6 +43,7 @@ from qconvert.cli.options import (
     TokensOpt,
 )
 from qconvert.config import (
+    MIX_BITS,
     ActivationType,
     CalibrationMethod,
     EPConfig,
@@ -135,10 +136,11 @@ def quantize(
         "--weight-form", help="Weight-only: nbits (onnxruntime's MatMulNBits / GatherBlockQuantized) or qdq "
                               "(blocked int4 DequantizeLinear → MatMul, opset 21, for NPUs and other runtimes).",
         rich_help_panel="Weight-only")] = WeightForm.NBITS,
-    scales: Annotated[ScaleType, typer.Option(
+    scales: Annotated[ScaleType | None, typer.Option(
         "--scales", help="Weight-only: the block scales' float type; fp16 saves 2 bytes per block (0.5 bit per "
-                         "int4 weight in blocks of 32), and the quantized MatMuls then take float16 activations.",
-        rich_help_panel="Weight-only")] = ScaleType.FP32,
+                         "int4 weight in blocks of 32), and the quantized MatMuls then take float16 activations "
+                         "(those whose inputs near float16's range on the calibration text keep fp32).",
+        show_default="fp16 with GPTQ, else fp32", rich_help_panel="Weight-only")] = None,
     embeddings: Annotated[bool, typer.Option(
         "--embeddings/--no-embeddings", help="Weight-only: quantize embedding tables (Gather) too.",
         rich_help_panel="Weight-only")] = True,
@@ -153,6 +155,11 @@ def quantize(
     calib_text: Annotated[Path | None, typer.Option(
         "--calib-text", help="Weight-only: calibration text for --weight-method gptq (tokenized with --tokenizer).",
         show_default=False, rich_help_panel="Weight-only")] = None,
+    bits_per_weight: Annotated[float | None, typer.Option(
+        "--bits-per-weight", min=0, help="Weight-only GPTQ, int4: raise to 8 bits the weights whose 4 bits leave "
+                                         "the most output error per added byte, while the quantized weights average "
+                                         "at most this many bits, scales included (4: none).",
+        show_default=f"{MIX_BITS:g} with GPTQ", rich_help_panel="Weight-only")] = None,
     eight_bit: Annotated[list[str] | None, typer.Option(
         "--eight-bit", help="Weight-only: nodes whose name matches this glob get 8 bits in a 4-bit model "
                             "(repeatable).", show_default=False, rich_help_panel="Weight-only")] = None,
@@ -286,18 +293,22 @@ def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
     if _given(ctx, "weights") and weights not in (WeightType.INT4, WeightType.INT8):
         raise UsageError(f"weight-only mode writes int4 or int8 weights, not {weights}",
                          hint="use --weights int4 or --weights int8")
+    bits = 8 if _given(ctx, "weights") and weights is WeightType.INT8 else 4
+    method = WeightMethod(p["weight_method"]) if _given(ctx, "weight_method") or p["calib_text"] is None \
+        else WeightMethod.GPTQ
+    form = WeightForm(p["weight_form"])
+    mixes = method is WeightMethod.GPTQ and bits == 4 and form is WeightForm.NBITS
+    scales = ScaleType(p["scales"]) if p["scales"] is not None else (
+        ScaleType.FP16 if method is WeightMethod.GPTQ and form is WeightForm.NBITS else ScaleType.FP32)
     return WeightOnlyConfig(
-        bits=8 if _given(ctx, "weights") and weights is WeightType.INT8 else 4, block_size=p["block_size"],
-        symmetric=p["symmetric_weights"],
-        accuracy_level=p["accuracy_level"], form=WeightForm(p["weight_form"]), scales=ScaleType(p["scales"]),
-        embeddings=p["embeddings"],
-        method=WeightMethod(p["weight_method"]) if _given(ctx, "weight_method") or p["calib_text"] is None
-        else WeightMethod.GPTQ, act_order=p["act_order"],
-        eight_bit=tuple(p["eight_bit"] or ()))
+        bits=bits, block_size=p["block_size"], symmetric=p["symmetric_weights"],
+        accuracy_level=p["accuracy_level"], form=form, scales=scales, embeddings=p["embeddings"],
+        method=method, act_order=p["act_order"], eight_bit=tuple(p["eight_bit"] or ()),
+        bits_per_weight=p["bits_per_weight"] if _given(ctx, "bits_per_weight") else MIX_BITS if mixes else None)
 
 
 _WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "scales", "embeddings", "eight_bit", "weight_method",
-                "act_order", "calib_text")
+                "act_order", "calib_text", "bits_per_weight")
 
 
 def _given(ctx: typer.Context, param: str) -> bool:

@@ -249,7 +249,8 @@ def quantize_result(r: QuantizeResult) -> None:
                "exclude_nodes": cfg.get("exclude_nodes")}
     elif r.mode is Mode.QAT:  # nothing is calibrated or chosen: training chose it
         cfg = {"mode": r.mode.value, "fixed_shapes": cfg.get("fixed_shapes") or None}
-    out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in cfg.items() if v not in ((), [], None))),
+    shown = {k: f"[{len(v)} names]" if isinstance(v, list) and len(v) > 3 else v for k, v in cfg.items()}
+    out.print("config: " + escape(" ".join(f"{k}={v}" for k, v in shown.items() if v not in ((), [], None))),
               highlight=False)
     warnings(r.warnings)
 

@@ -42,7 +42,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -308,10 +308,19 @@ def _inverse_lower(lower: np.ndarray) -> np.ndarray:
     return inverse
 
 
+class Solved(NamedTuple):
+    """GPTQ's Ŵ (float32, W's shape) and the output error it leaves, tr((W - Ŵ)ᵀ H (W - Ŵ)) for H with
+    GPTQ's dampening: the sum of its per-row losses, exact for that H, at no extra cost."""
+
+    weight: np.ndarray
+    error: float
+
+
 def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_size: int, symmetric: bool,
-                  percdamp: float = 0.01, act_order: bool = True) -> np.ndarray:
+                  percdamp: float = 0.01, act_order: bool = True) -> Solved:
     """GPTQ's Ŵ for W [K, N] (float32) given H [K, K] (any positive multiple of XᵀX), every block of
-    `block_size` rows of every column on the grid onnxruntime's RTN packing picks for it.
+    `block_size` rows of every column on the grid onnxruntime's RTN packing picks for it, and the
+    output error it leaves (in H's units).
 
     `act_order`: rows are quantized from the largest Hessian diagonal down, each on its block's grid
     chosen from W beforehand; else in order, each block's grid chosen from the error-updated weights
@@ -331,7 +340,7 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
     if percdamp < 0:
         raise UsageError(f"percdamp must not be negative, got {percdamp}", hint="GPTQ's default is 0.01")
     if not w.size:
-        return w
+        return Solved(w, 0.0)
     order: np.ndarray | None = None
     grids: list[_BlockGrid] = []
     if act_order:
@@ -343,6 +352,7 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
     out = np.empty_like(w)
     errors = np.empty((min(LAZY_ROWS, rows), columns), np.float32)
     grid: _BlockGrid | None = None
+    error = 0.0
     for batch in range(0, rows, LAZY_ROWS):
         batch_end = min(batch + LAZY_ROWS, rows)
         for inner in range(batch, batch_end, INNER_ROWS):
@@ -358,6 +368,7 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
                 out[i] = grid.snap(row, index)
                 np.subtract(row, out[i], out=errors[i - batch])
                 errors[i - batch] /= factor[i, i]
+                error += float(errors[i - batch] @ errors[i - batch])
             if inner_end < batch_end:
                 w[inner_end:batch_end] -= factor[inner:inner_end, inner_end:batch_end].T @ errors[
                     inner - batch:inner_end - batch]
@@ -366,8 +377,8 @@ def gptq_quantize(weight: np.ndarray, hessian: np.ndarray, *, bits: int, block_s
     if order is not None:
         unpermuted = np.empty_like(out)
         unpermuted[order] = out
-        return unpermuted
-    return out
+        return Solved(unpermuted, error)
+    return Solved(out, error)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ embedding tied to the lm_head (the table and the lm_head weight are one matrix, 
 3.2 and Gemma export them) is stored once: the Gather reads the lm_head's packed blocks.
 
 Nodes named in `WeightOnlyConfig.eight_bit` get 8 bits in a 4-bit model: the accuracy search keeps
-the most sensitive weights there.
+the most sensitive weights there. With `bits_per_weight`, GPTQ's mix raises more: those whose 4 bits
+leave the largest output error per byte 8 bits add (`mixed_eight_bit`).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import glob
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -213,6 +215,13 @@ def block_size_of(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
     return size
 
 
+def half_scaled(bits: int, config: WeightOnlyConfig) -> bool:
+    """Whether `bits`-wide weights get float16 scales: under --scales fp16, except the 8-bit weights of a
+    4-bit model, where they would save 0.125 bit per weight (blocks of 128) and cost two casts per
+    MatMul, a few percent of decode speed."""
+    return config.scales is ScaleType.FP16 and not (bits == 8 and config.bits == 4)
+
+
 def stored_bytes(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
     """The bytes of `node`'s weight at `bits`: the codes, a float32 (or float16) scale per block and,
     asymmetric, a `bits`-wide zero point per block (rounded up to whole bytes per row of blocks)."""
@@ -220,8 +229,35 @@ def stored_bytes(node: WeightNode, bits: int, config: WeightOnlyConfig) -> int:
     length, others = (node.cols, node.rows) if node.op_type == "Gather" else (node.rows, node.cols)
     blocks = -(-length // size)
     zero_points = 0 if config.symmetric else others * -(-blocks * bits // 8)
-    scale = 2 if config.scales is ScaleType.FP16 else 4
+    scale = 2 if half_scaled(bits, config) else 4
     return others * blocks * (size * bits // 8 + scale) + zero_points
+
+
+def mixed_eight_bit(the_plan: WeightPlan, errors: dict[str, float], config: WeightOnlyConfig,
+                    float32_scales: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The 4-bit weights a mix raises to 8 bits: by `errors` (GPTQ's output error at 4 bits, by node)
+    per byte 8 bits add, most first, each that still fits while the quantized weights average at most
+    `config.bits_per_weight` bits, scales and zero points included (float32 scales for the nodes in
+    `float32_scales` whatever `config.scales`). A tied embedding reads its lm_head's blocks: the pair
+    is stored, counted and raised once (by the head). Weights without an error (RTN's, lone tables)
+    stay as they are."""
+    assert config.bits_per_weight is not None
+    wide = replace(config, scales=ScaleType.FP32)
+
+    def cost(node: WeightNode, bits: int) -> int:
+        return stored_bytes(node, bits, wide if node.name in float32_scales else config)
+
+    bits = the_plan.bits
+    stored = [n for n in the_plan.nodes if n.name in bits and the_plan.tied.get(n.name) not in bits]
+    spent = sum(cost(n, bits[n.name]) for n in stored)
+    budget = config.bits_per_weight * sum(n.params for n in stored) / 8
+    extra = {n.name: cost(n, 8) - cost(n, 4) for n in stored if bits[n.name] == 4 and n.name in errors}
+    chosen = []
+    for name in sorted(extra, key=lambda name: -errors[name] / max(extra[name], 1)):
+        if spent + extra[name] <= budget:
+            chosen.append(name)
+            spent += extra[name]
+    return chosen
 
 
 def plan_weights(model: onnx.ModelProto, quantize: QuantizeConfig, transposed: dict[str, str] | None = None
@@ -309,6 +345,7 @@ class WeightJob:
         self.calibration_seconds, self.samples = 0.0, 0
         self._hessians: dict[str, gptq.Hessian] | None = None
         self._solved: dict[tuple[str, int], np.ndarray] = {}
+        self._errors: dict[str, float] = {}  # GPTQ's output error at 4 bits, by node
         self._tensors = {t.name: t for g, _ in iter_scopes(self.proto.graph) for t in g.initializer}
         self.solvable = self._solvable()
 
@@ -363,11 +400,27 @@ class WeightJob:
             self.samples = next(iter(self._hessians.values())).tokens // GPTQ_CONTEXT if self._hessians else 0
             self.calibration_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        self._solved[key] = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits,
-                                               block_size=blocks, symmetric=config.symmetric,
-                                               act_order=config.act_order).reshape(weight.shape)
+        solved = gptq.gptq_quantize(matrix, self._hessians[node.name].matrix, bits=bits, block_size=blocks,
+                                    symmetric=config.symmetric, act_order=config.act_order)
+        self._solved[key] = solved.weight.reshape(weight.shape)
+        if bits == 4:
+            self._errors[node.name] = solved.error
         self.calibration_seconds += time.perf_counter() - started
         return self._solved[key]
+
+    def _mixed(self, config: QuantizeConfig, the_plan: WeightPlan) -> tuple[QuantizeConfig, WeightPlan]:
+        """`config` and `the_plan` with the mix's 8-bit weights added (every solvable weight solved at 4
+        bits first, for its error)."""
+        with progress.task("GPTQ", total=len(self.solvable)) as step:
+            for n in self.solvable:
+                self.rounded(n, 4)
+                step()
+        weight_only = config.weight_only
+        raised = mixed_eight_bit(the_plan, self._errors, weight_only,
+                                 self._beyond() if weight_only.scales is ScaleType.FP16 else frozenset())
+        weight_only = replace(weight_only, eight_bit=(*weight_only.eight_bit, *map(glob.escape, raised)))
+        return replace(config, weight_only=weight_only), replace(the_plan, bits=widths(
+            the_plan.nodes, the_plan.excluded, the_plan.tied, weight_only.bits, weight_only.eight_bit))
 
     def _gptq(self, proto: onnx.ModelProto, bits: dict[str, int]) -> None:
         """Each solvable MatMul's weight in `proto` replaced by GPTQ's for its width."""
@@ -382,18 +435,25 @@ class WeightJob:
                 tensor.CopyFrom(numpy_helper.from_array(solved.astype(dtype), tensor.name))
                 step()
 
-    def _half_scales(self, proto: onnx.ModelProto) -> list[str]:
+    def _beyond(self) -> set[str]:
+        """The MatMuls whose inputs went beyond ACTIVATION_LIMIT on GPTQ's calibration text: they keep
+        float32 scales under --scales fp16."""
+        return {name for name, found in (self._hessians or {}).items() if found.peak > ACTIVATION_LIMIT}
+
+    def _half_scales(self, proto: onnx.ModelProto, the_plan: WeightPlan, config: WeightOnlyConfig) -> list[str]:
         """Float16 scales in `proto`, except on MatMuls whose inputs went beyond ACTIVATION_LIMIT on
-        GPTQ's calibration text; warnings for those, and for MatMuls no calibration saw."""
+        GPTQ's calibration text and on weights `half_scaled` leaves float32; warnings for the first, and
+        for MatMuls no calibration saw."""
         peaks = {name: found.peak for name, found in (self._hessians or {}).items()}
-        beyond = {name for name, peak in peaks.items() if peak > ACTIVATION_LIMIT}
-        half_scales(proto, keep=beyond)
+        beyond = self._beyond()
+        wide = {name for name, bits in the_plan.bits.items() if not half_scaled(bits, config)}
+        half_scales(proto, keep=beyond | wide)
         warnings = []
         if beyond:
             warnings.append(f"--scales fp16: {len(beyond)} MatMul(s) keep float32 scales: their inputs reach "
                             f"{max(peaks[n] for n in beyond):.4g} on the calibration text, beyond the "
                             f"{ACTIVATION_LIMIT:g} that leaves float16 16x headroom")
-        unchecked = [n for n in self.plan.quantized("MatMul") if n.name not in peaks]
+        unchecked = [n for n in self.plan.quantized("MatMul") if n.name not in peaks and n.name not in wide]
         if unchecked:
             warnings.append(f"--scales fp16: the inputs of {len(unchecked)} MatMul(s) now pass through float16 "
                             "unchecked against its range (no calibration activations for them"
@@ -411,9 +471,11 @@ class WeightJob:
         out = Path(output)
         check_output_path(out, inputs=(self.loaded.path,), force=force)
         config = self.config if eight_bit is None else replace(
-            self.config, weight_only=replace(self.config.weight_only, eight_bit=eight_bit))
+            self.config, weight_only=replace(self.config.weight_only, eight_bit=eight_bit, bits_per_weight=None))
         the_plan = self.plan if eight_bit is None else replace(self.plan, bits=widths(
             self.plan.nodes, self.plan.excluded, self.plan.tied, config.weight_only.bits, eight_bit))
+        if config.weight_only.bits_per_weight is not None:
+            config, the_plan = self._mixed(config, the_plan)
         proto = self.proto
         if not last:
             proto = onnx.ModelProto()
@@ -424,7 +486,8 @@ class WeightJob:
             started = time.perf_counter()
             with progress.task("quantizing weights", total=None), quiet_onnxruntime():
                 proto = _quantize(proto, the_plan, config.weight_only)
-                notes = self._half_scales(proto) if config.weight_only.scales is ScaleType.FP16 else []
+                notes = self._half_scales(proto, the_plan, config.weight_only) \
+                    if config.weight_only.scales is ScaleType.FP16 else []
             seconds = time.perf_counter() - started
             staged = work / out.name
             save_model(proto, staged, external=self.external)

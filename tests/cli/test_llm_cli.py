@@ -104,6 +104,28 @@ def test_the_search_keeps_the_fewest_sensitive_weights_in_8_bits(tmp_path: Path)
     assert json.loads((tmp_path / "genai_config.json").read_text())["model"]["decoder"]["filename"] == "model.onnx"
 
 
+def test_with_calibration_text_gptq_mixes_8_bit_weights_into_a_budget(tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    code, stdout, err = invoke("quantize", TINY / "model.onnx", "-o", out, "--mode", "weight-only", "--calib-text",
+                               TINY / "calib.txt", "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    _valid(doc)
+    config = doc["config"]["weight_only"]
+    assert (config["method"], config["scales"], config["bits_per_weight"]) == ("gptq", "fp16", 6.25)
+    quantized = [w for w in doc["weights"] if w["bits"]]
+    raised = [w for w in quantized if w["bits"] == 8]
+    assert 0 < len(raised) < len(quantized)
+    assert sum(w["stored_bytes"] for w in quantized) * 8 <= 6.25 * sum(w["params"] for w in quantized
+                                                                         if w["stored_bytes"])
+    code, stdout, err = invoke("quantize", TINY / "model.onnx", "-o", tmp_path / "pure.onnx", "--mode", "weight-only",
+                               "--calib-text", TINY / "calib.txt", "--bits-per-weight", "4", "--json")
+    assert code == 0 and {w["bits"] for w in json.loads(stdout)["weights"]} == {4}, err
+    code, _, err = invoke("quantize", TINY / "model.onnx", "-o", tmp_path / "rtn.onnx", "--mode", "weight-only",
+                          "--bits-per-weight", "6")
+    assert code == 2 and "by GPTQ's output error" in err and not (tmp_path / "rtn.onnx").exists()
+
+
 def test_a_search_out_of_trials_writes_the_closest_and_exits_3(tmp_path: Path) -> None:
     """On a model with its weights in a sidecar, as language models come: each trial's size counts it."""
     source = tmp_path / "src" / "model.onnx"

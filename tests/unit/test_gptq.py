@@ -111,7 +111,7 @@ def test_onnxruntime_repacks_gptq_output_exactly(bits: int, symmetric: bool, blo
     weight = _weights(rng, 200, 48)  # two lazy batches; the last block padded for every block size
     x = _correlated_inputs(rng, 256, 200)
     snapped = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=bits, block_size=block_size,
-                            symmetric=symmetric, act_order=act_order)
+                            symmetric=symmetric, act_order=act_order).weight
     assert snapped.dtype == np.float32
     np.testing.assert_array_equal(_ort_dequantized(snapped, bits, block_size, symmetric), snapped)
     model, *_ = _ort_pack(snapped, bits, block_size, symmetric)  # and MatMulNBits computes x @ snapped
@@ -124,7 +124,7 @@ def test_gptq_beats_rtn_on_correlated_outlier_heavy_inputs(bits: int, symmetric:
     rng = np.random.default_rng(7)
     x = _correlated_inputs(rng, 4096, 256)
     weight = (rng.standard_normal((256, 128)) * 0.05).astype(np.float32)
-    gptq = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=bits, block_size=32, symmetric=symmetric)
+    gptq = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=bits, block_size=32, symmetric=symmetric).weight
     rtn = rtn_quantize(weight, bits=bits, block_size=32, symmetric=symmetric)
 
     def error(quantized: np.ndarray) -> float:
@@ -132,7 +132,7 @@ def test_gptq_beats_rtn_on_correlated_outlier_heavy_inputs(bits: int, symmetric:
 
     assert error(gptq) < 0.85 * error(rtn)  # about 0.5 measured
     in_order = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=bits, block_size=32, symmetric=symmetric,
-                             act_order=False)
+                             act_order=False).weight
     assert error(in_order) < 0.85 * error(rtn)  # about 0.75
     assert error(gptq) < 0.8 * error(in_order)  # act-order: the outlier inputs' rows first; about 0.65
 
@@ -146,7 +146,7 @@ def test_without_correlations_gptq_is_rtn(bits: int, symmetric: bool, hessian: s
     rng = np.random.default_rng(3)
     weight = _weights(rng, 200, 64)
     h = np.eye(200) if hessian == "identity" else np.zeros((200, 200))
-    gptq = gptq_quantize(weight, h, bits=bits, block_size=32, symmetric=symmetric)
+    gptq = gptq_quantize(weight, h, bits=bits, block_size=32, symmetric=symmetric).weight
     rtn = rtn_quantize(weight, bits=bits, block_size=32, symmetric=symmetric)
     if symmetric and bits == 4:
         assert np.linalg.norm(gptq - weight) < 0.97 * np.linalg.norm(rtn - weight)
@@ -156,12 +156,26 @@ def test_without_correlations_gptq_is_rtn(bits: int, symmetric: bool, hessian: s
     np.testing.assert_array_equal(_ort_pack(gptq, bits, 32, symmetric)[1], _ort_pack(weight, bits, 32, symmetric)[1])
 
 
+@pytest.mark.parametrize("act_order", [True, False])
+def test_the_reported_error_is_the_output_error_left(act_order: bool) -> None:
+    """The summed row losses are tr(EᵀHE) for E = W - Ŵ, which the 8-bit mix ranks weights by."""
+    rng = np.random.default_rng(11)
+    x = _correlated_inputs(rng, 512, 96)
+    weight = _weights(rng, 96, 40)
+    h = 2 * x.T.astype(np.float64) @ x / len(x)
+    solved = gptq_quantize(weight, h, bits=4, block_size=32, symmetric=True, percdamp=0.0, act_order=act_order)
+    left = weight.astype(np.float64) - solved.weight
+    assert solved.error == pytest.approx(float(np.sum(left * (h @ left))), rel=1e-4)
+    eight = gptq_quantize(weight, h, bits=8, block_size=32, symmetric=True, percdamp=0.0, act_order=act_order)
+    assert 0 < eight.error < solved.error / 50  # 16x finer steps: about 256x less
+
+
 def test_dead_inputs_give_finite_weights_on_the_grid() -> None:
     rng = np.random.default_rng(5)
     x = _correlated_inputs(rng, 256, 64)
     x[:, [0, 9, 10, 63]] = 0  # channels the calibration data never lights up
     weight = _weights(rng, 64, 16)
-    snapped = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=4, block_size=16, symmetric=False)
+    snapped = gptq_quantize(weight, x.T.astype(np.float64) @ x, bits=4, block_size=16, symmetric=False).weight
     assert np.isfinite(snapped).all()
     np.testing.assert_array_equal(_ort_dequantized(snapped, 4, 16, False), snapped)
 

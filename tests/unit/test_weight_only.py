@@ -25,7 +25,14 @@ from qconvert.config import (
     WeightOnlyConfig,
 )
 from qconvert.errors import ModelError, NothingQuantizedError, UsageError
-from qconvert.quantization.weight_only import half_scales, slow_path, stored_bytes, weight_nodes
+from qconvert.quantization.weight_only import (
+    half_scales,
+    mixed_eight_bit,
+    plan_weights,
+    slow_path,
+    stored_bytes,
+    weight_nodes,
+)
 from tests import models
 
 VOCAB, HIDDEN, FFN = 64, 64, 128
@@ -326,6 +333,58 @@ def test_gptq_reads_a_sidecar_in_place(tmp_path: Path) -> None:
     weights = [{t.name: numpy_helper.to_array(t).tobytes() for t in onnx.load(str(path)).graph.initializer}
                for path in (tmp_path / "inline.onnx", tmp_path / "beside" / "model.onnx")]
     assert weights[0] == weights[1]
+
+
+def test_the_mix_raises_the_most_error_per_byte_within_the_budget() -> None:
+    """up, down and the tied lm_head/embedding pair (stored once, 64x64): the budget in bits per weight
+    covers the codes and scales of every stored weight; a weight is raised when it still fits, by
+    error per added byte, and those without an error (RTN's) never are."""
+    def mix(bits_per_weight: float, errors: dict[str, float], float32_scales: frozenset[str] = frozenset()
+            ) -> list[str]:
+        config = weight_only(method=WeightMethod.GPTQ, bits_per_weight=bits_per_weight, scales=ScaleType.FP16)
+        return mixed_eight_bit(plan_weights(lm(transposed=False), config), errors, config.weight_only,
+                               float32_scales)
+
+    stored = {n.name: n for n in weight_nodes(lm(transposed=False)) if n.name != "embed"}  # the head's blocks
+    base = WeightOnlyConfig(method=WeightMethod.GPTQ, scales=ScaleType.FP16)
+    four = sum(stored_bytes(n, 4, base) for n in stored.values())
+    params = sum(n.params for n in stored.values())
+    extra = {name: stored_bytes(n, 8, base) - stored_bytes(n, 4, base) for name, n in stored.items()}
+
+    def within(extra_bytes: int) -> float:
+        return (four + extra_bytes) * 8 / params
+
+    errors = {"up": 2.0, "down": 1.0, "lm_head": 3.0}  # per byte: the pair (half up's size) first
+    assert mix(within(extra["lm_head"]), errors) == ["lm_head"]
+    assert mix(within(extra["lm_head"]) - 0.01, errors) == []  # no weight is smaller than the pair
+    assert mix(within(extra["lm_head"]), errors, frozenset({"down"})) == []  # down's float32 scales take room
+    assert mix(within(extra["up"] + extra["lm_head"]), errors) == ["lm_head", "up"]
+    assert mix(within(extra["up"]), {"up": 10.0, "down": 1.0, "lm_head": 3.0}) == ["up"]  # then the pair won't fit
+    assert mix(16, errors) == ["lm_head", "up", "down"]
+    assert mix(16, {"up": 2.0}) == ["up"]
+    assert mix(4, errors) == []  # below what 4 bits store already
+    with pytest.raises(UsageError, match="4-bit MatMulNBits model by GPTQ"):
+        weight_only(bits_per_weight=6.0)  # round to nearest has no output error to rank by
+    with pytest.raises(UsageError, match="finite number"):
+        weight_only(method=WeightMethod.GPTQ, bits_per_weight=float("nan"))
+
+
+def test_the_mix_spends_its_budget_on_the_trained_decoder(tmp_path: Path) -> None:
+    """GPTQ's mix on the sample decoder: more bits per weight, more 8-bit weights and closer to FP32;
+    every stored weight averages within the budget."""
+    fp32, text = TINY / "model.onnx", TextData(text=TINY / "calib.txt")
+    found = []
+    for budget in (4.0, 6.0, 7.0):  # 4 bits in blocks of 32 with float32 scales store 5 bits per weight
+        out = tmp_path / f"mix{budget}.onnx"
+        result = quantize(fp32, out, text, config=weight_only(method=WeightMethod.GPTQ, bits_per_weight=budget))
+        quantized = [w for w in result.weights if w.bits]
+        average = sum(w.stored_bytes for w in quantized) * 8 / sum(w.params for w in quantized if w.stored_bytes)
+        raised = {w.node for w in quantized if w.bits == 8}
+        assert average <= max(budget, 5.0) and result.config["weight_only"]["bits_per_weight"] == budget  # type: ignore[index]
+        found.append((raised, _ratio(fp32, out)))
+    (none, pure), (some, fewer), (more, best) = found
+    assert not none and none < some < more, found  # the weights raised at 6 bits stay raised at 7
+    assert best < fewer < pure, found
 
 
 def test_int8_keeps_the_trained_decoder(tmp_path: Path) -> None:
