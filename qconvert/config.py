@@ -111,6 +111,12 @@ FAST_ACCURACY_LEVEL = 4
 MIX_BITS = 6.25
 
 
+def mixable(bits: int, method: WeightMethod, form: WeightForm) -> bool:
+    """Whether a weight-only model can take GPTQ's mix of 8-bit weights (`bits_per_weight`): 4-bit
+    MatMulNBits weights, solved by GPTQ, whose output errors rank them."""
+    return bits == 4 and method is WeightMethod.GPTQ and form is WeightForm.NBITS
+
+
 @dataclass(frozen=True)
 class WeightOnlyConfig:
     """Weight-only quantization (`mode=weight-only`): MatMul and embedding-Gather weights in blocks of
@@ -142,8 +148,7 @@ class WeightOnlyConfig:
         if self.bits_per_weight is not None and not (math.isfinite(self.bits_per_weight) and self.bits_per_weight >= 0):
             raise UsageError(f"--bits-per-weight must be a finite number of bits, got {self.bits_per_weight}",
                              hint=f"{MIX_BITS:g} is the default with GPTQ; 4 raises no weight to 8 bits")
-        if self.bits_per_weight is not None and (self.bits != 4 or self.method is not WeightMethod.GPTQ
-                                                 or self.form is not WeightForm.NBITS):
+        if self.bits_per_weight is not None and not mixable(self.bits, self.method, self.form):
             raise UsageError("--bits-per-weight mixes 8-bit weights into a 4-bit MatMulNBits model by GPTQ's output "
                              "error", hint="use it with --weights int4 and --calib-text (GPTQ), in the nbits form")
         if self.bits not in (4, 8):

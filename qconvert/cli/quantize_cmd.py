@@ -58,6 +58,7 @@ from qconvert.config import (
     WeightMethod,
     WeightOnlyConfig,
     WeightType,
+    mixable,
 )
 from qconvert.errors import UsageError
 from qconvert.presets import PRESETS, resolve
@@ -297,14 +298,14 @@ def _weight_only(ctx: typer.Context, mode: Mode | None) -> WeightOnlyConfig:
     method = WeightMethod(p["weight_method"]) if _given(ctx, "weight_method") or p["calib_text"] is None \
         else WeightMethod.GPTQ
     form = WeightForm(p["weight_form"])
-    mixes = method is WeightMethod.GPTQ and bits == 4 and form is WeightForm.NBITS
     scales = ScaleType(p["scales"]) if p["scales"] is not None else (
         ScaleType.FP16 if method is WeightMethod.GPTQ and form is WeightForm.NBITS else ScaleType.FP32)
     return WeightOnlyConfig(
         bits=bits, block_size=p["block_size"], symmetric=p["symmetric_weights"],
         accuracy_level=p["accuracy_level"], form=form, scales=scales, embeddings=p["embeddings"],
         method=method, act_order=p["act_order"], eight_bit=tuple(p["eight_bit"] or ()),
-        bits_per_weight=p["bits_per_weight"] if _given(ctx, "bits_per_weight") else MIX_BITS if mixes else None)
+        bits_per_weight=p["bits_per_weight"] if _given(ctx, "bits_per_weight")
+        else MIX_BITS if mixable(bits, method, form) else None)
 
 
 _WEIGHT_ONLY = ("block_size", "accuracy_level", "weight_form", "scales", "embeddings", "eight_bit", "weight_method",

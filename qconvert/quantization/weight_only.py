@@ -416,8 +416,7 @@ class WeightJob:
                 self.rounded(n, 4)
                 step()
         weight_only = config.weight_only
-        raised = mixed_eight_bit(the_plan, self._errors, weight_only,
-                                 self._beyond() if weight_only.scales is ScaleType.FP16 else frozenset())
+        raised = mixed_eight_bit(the_plan, self._errors, weight_only, self._beyond())
         weight_only = replace(weight_only, eight_bit=(*weight_only.eight_bit, *map(glob.escape, raised)))
         return replace(config, weight_only=weight_only), replace(the_plan, bits=widths(
             the_plan.nodes, the_plan.excluded, the_plan.tied, weight_only.bits, weight_only.eight_bit))
